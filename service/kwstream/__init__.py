@@ -1,0 +1,3 @@
+"""kwstream: streaming keyword spotting with live metrics."""
+
+__version__ = "0.1.0"

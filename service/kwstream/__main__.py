@@ -1,0 +1,3 @@
+from kwstream.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Offline corpus synthesis, training and int8 export (needs the ``train`` extra)."""
