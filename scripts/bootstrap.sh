@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Prepare a fresh Debian bookworm machine (or Raspberry Pi OS) for kwstream development:
+# the system packages that the tests and the demo use, and a virtual environment in .venv
+# with kwstream installed in editable mode. Safe to run again; it installs only what is missing.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+    ffmpeg sox libsndfile1 libportaudio2 alsa-utils   # decoding, resampling, audio devices
+    espeak-ng flite festival festvox-kallpc16k        # offline speech synthesis for training
+    asterisk-core-sounds-en-g722                      # real human speech for evaluation
+    mosquitto mosquitto-clients                       # MQTT broker for integration tests
+    prometheus                                        # Prometheus server and promtool
+    wamerican                                         # English word list for the _unknown_ class
+)
+PYTHON=${PYTHON:-python3.11}
+EXTRAS=${KWSTREAM_EXTRAS:-test,train}
+
+missing=()
+for package in "${APT_PACKAGES[@]}"; do
+    [[ $package == \#* ]] && continue
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
+        || missing+=("$package")
+done
+if ((${#missing[@]})); then
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "bootstrap: missing Debian packages: ${missing[*]}" >&2
+        echo "bootstrap: run as root or: sudo apt-get install ${missing[*]}" >&2
+        exit 1
+    fi
+    echo "bootstrap: installing ${missing[*]}" >&2
+    apt-get update -q
+    # The mosquitto and prometheus packages would start system-wide services; the tests start
+    # their own instances on loopback, so keep the package scripts from starting daemons.
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+    rm -f /usr/sbin/policy-rc.d
+fi
+
+if [[ ! -x .venv/bin/python ]]; then
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".[${EXTRAS}]"
+echo "bootstrap: ready (.venv with kwstream[${EXTRAS}])" >&2
