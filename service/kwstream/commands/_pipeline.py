@@ -144,11 +144,10 @@ def build_service(
         from kwstream.mqtt import MqttSettings, MqttSink
 
         password_file = Path(config.mqtt.password_file) if config.mqtt.password_file else None
-        settings = MqttSettings.from_url(config.mqtt.url, password_file=password_file)
-        settings.topic_prefix = config.mqtt.topic_prefix
-        settings.queue_size = config.mqtt.queue_size
-        if config.mqtt.ca_file:
-            settings.ca_file = config.mqtt.ca_file
+        settings = MqttSettings.from_url(
+            config.mqtt.url, password_file=password_file, ca_file=config.mqtt.ca_file,
+            topic_prefix=config.mqtt.topic_prefix, queue_size=config.mqtt.queue_size,
+        )
         service.mqtt = MqttSink(settings, device=config.device_id, metrics=metrics)
         sinks.append(MqttEventSink(service.mqtt))
     if config.metrics.port is not None:
