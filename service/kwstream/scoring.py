@@ -36,6 +36,7 @@ from kwstream.modelcard import UNKNOWN_LABEL
 
 DEFAULT_TOLERANCE_MS = 1000
 TF_DEFAULT_TOLERANCE_MS = 750
+"""Default of TensorFlow's test_streaming_accuracy.cc; its Python version defaults to 1500."""
 TF_WINDOW_MS = 1000
 """TensorFlow's streaming test stamps a detection with the start of its 1-second window."""
 
@@ -52,7 +53,7 @@ class Detection(Protocol):
 
 @dataclass(frozen=True)
 class DetectionOutcome:
-    """How the scorer decided one detection."""
+    """Decision of the scorer on one detection."""
 
     keyword: str
     time_ms: float
@@ -459,9 +460,10 @@ class StreamingScorer:
 class _TfCompatMatcher:
     """Incremental form of TensorFlow's ``StreamingAccuracyStats.calculate_accuracy_stats``.
 
-    TensorFlow recomputes the counts from all detections so far at each detection; only the
-    final call, with no upper time limit, is reproduced here, and it depends on each detection
-    and on the ground-truth times taken before it, so one pass gives the same counts.
+    TensorFlow recomputes the counts from all detections so far at each detection. Only its
+    final call, which has no upper time limit, is reproduced here. That call decides each
+    detection from the detection and the ground-truth times taken before it, so one pass in
+    detection order gives the same counts.
     """
 
     def __init__(self, labels: Sequence[Label], tolerance_ms: float) -> None:

@@ -62,7 +62,7 @@ NOISE_SEGMENT_SAMPLES = 1 << 16
 
 @dataclass(frozen=True)
 class MixOptions:
-    """How recordings are mixed into a stream; a recipe's ``[mix]`` table sets the defaults."""
+    """Options of mixing recordings into a stream; a recipe's ``[mix]`` table sets the defaults."""
 
     unknown_share: float = 0.3
     """Share of the placed words that are non-keyword speech, in [0, 1]."""
@@ -75,9 +75,9 @@ class MixOptions:
     level_jitter_db: float = 3.0
     """Each word's level is drawn uniformly within +-this many dB of ``speech_dbfs``."""
     min_gap_ms: float = 1000.0
-    """Shortest silence between the end of one word and the start of the next."""
+    """Minimum pause between the end of one word and the start of the next."""
     max_gap_ms: float = 3000.0
-    """Longest silence between two words; gaps are uniform between the two bounds."""
+    """Maximum pause between two words; pauses are drawn uniformly between the two bounds."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.unknown_share <= 1.0:
@@ -106,7 +106,7 @@ class MixOptions:
 
 @dataclass(frozen=True)
 class UnknownRule:
-    """Which prompts may serve as non-keyword speech.
+    """Rule that chooses the prompts that may serve as non-keyword speech.
 
     A prompt is used only when all of these hold: its path matches no ``exclude`` pattern
     (``fnmatch`` on the path relative to ``root``, where ``*`` also matches ``/``). When a
@@ -194,7 +194,7 @@ class Recording:
 
 @dataclass(frozen=True)
 class Placement:
-    """Where one recording goes in the stream, and at which gain."""
+    """Position and gain of one recording in the stream."""
 
     recording: Recording
     start_sample: int
@@ -363,8 +363,9 @@ def default_cache_dir() -> Path:
 def decode_audio(path: Path, cache_dir: Path | None = None) -> np.ndarray:
     """Decode a recording to 16 kHz mono float32.
 
-    G.722 files (and anything else soundfile cannot read) are decoded with ffmpeg, and the
-    result is cached in ``cache_dir`` as 16-bit PCM under a hash of the path, size and mtime.
+    soundfile reads WAV, FLAC and the other libsndfile formats, and soxr resamples them. G.722
+    files (``.g722``) are decoded with ffmpeg because libsndfile cannot read them. Their PCM is
+    cached in ``cache_dir`` under a hash of the path, size and modification time.
     """
     if path.suffix.lower() != ".g722":
         try:
@@ -410,8 +411,8 @@ def _ffmpeg_decode(path: Path) -> bytes:
 def word_span(samples: np.ndarray, threshold_db: float = TRIM_THRESHOLD_DB) -> tuple[int, int]:
     """Return the sample range ``[start, end)`` of the spoken word, found by frame energy.
 
-    Frames of ``FRAME_MS`` count as speech when their RMS is within ``threshold_db`` of the
-    loudest frame; the span runs from the first to the last such frame. A recording without
+    A frame of ``FRAME_MS`` counts as speech when its RMS is within ``threshold_db`` of the
+    loudest frame. The span runs from the first to the last such frame. A recording without
     any energy gives an empty span at 0.
     """
     frame = SAMPLE_RATE * FRAME_MS // 1000
@@ -457,7 +458,9 @@ def load_recordings(
     unknown = []
     excluded: dict[str, str] = {}
     for path in recipe.unknown_files:
-        name = str(path.relative_to(recipe.root)) if recipe.root else path.name
+        name = path.name
+        if recipe.root is not None and path.is_relative_to(recipe.root):
+            name = path.relative_to(recipe.root).as_posix()
         rule = recipe.unknown_rule
         reason = rule.reason_to_exclude(Path(name).as_posix()) if rule else None
         if reason is None:
@@ -509,8 +512,9 @@ def plan_placements(
             choices = by_label[labels[int(rng.integers(len(labels)))]]
             recording = choices[int(rng.integers(len(choices)))]
         level_db = mix.speech_dbfs + rng.uniform(-mix.level_jitter_db, mix.level_jitter_db)
-        start = previous_word_end + gap - recording.word_start
-        if start < 0 or start + recording.samples.size > total_samples:
+        # Only the first word can start inside its own leading margin; clamp it to 0.
+        start = max(0, previous_word_end + gap - recording.word_start)
+        if start + recording.samples.size > total_samples:
             break
         gain = 10 ** (level_db / 20) / max(recording.word_rms, 1e-6)
         placements.append(Placement(recording, start, gain))
@@ -523,7 +527,7 @@ def noise_chunks(
 ) -> Iterator[np.ndarray]:
     """Yield unit-RMS colored noise in chunks that together span ``total_samples``.
 
-    Noise is shaped in the frequency domain segment by segment; segments overlap by half and
+    Noise is shaped in the frequency domain segment by segment. Segments overlap by half and
     are joined with sine windows, whose squares sum to 1, so the noise power stays constant.
     """
     exponent = NOISE_COLORS[color]

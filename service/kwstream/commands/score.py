@@ -33,22 +33,26 @@ def add_parser(subparsers: Any) -> None:
                         help="event file, one JSON object a line")
     parser.add_argument("--labels", type=Path, required=True, metavar="CSV",
                         help="label file (label,start_ms,end_ms, or TensorFlow's two columns)")
+
     parser.add_argument("--duration-s", type=float, metavar="S",
                         help="audio duration in seconds; without it false accepts per hour "
                         "is null")
     parser.add_argument("--report", type=Path, metavar="JSON",
                         help="write the JSON report to this file")
+
     parser.add_argument("--tolerance-ms", type=float, default=DEFAULT_TOLERANCE_MS, metavar="T",
                         help="a detection may follow the end of its word by this many "
                         f"milliseconds (default {DEFAULT_TOLERANCE_MS})")
     parser.add_argument("--keywords", metavar="A,B,C",
                         help="comma-separated keywords; other labels than these and _unknown_ "
                         "are rejected (default: accept any label)")
+
     parser.add_argument("--model", metavar="ID",
                         help="score only the events of this model id (needed when the file "
                         "contains events of several non-shadow models)")
     parser.add_argument("--shadow", action="store_true",
                         help="score the shadow model's events instead of the primary model's")
+
     parser.add_argument("--tf-compat", action="store_true",
                         help="also report TensorFlow's streaming accuracy percentages")
     parser.add_argument("--tf-tolerance-ms", type=float, default=TF_DEFAULT_TOLERANCE_MS,

@@ -59,9 +59,9 @@ def add_parser(subparsers: Any) -> None:
     make.add_argument("--level-jitter-db", type=float, metavar="DB",
                       help="each word's level varies uniformly within +-DB")
     make.add_argument("--min-gap-ms", type=float, metavar="MS",
-                      help="shortest pause between two words")
+                      help="minimum pause between two words, in milliseconds")
     make.add_argument("--max-gap-ms", type=float, metavar="MS",
-                      help="longest pause between two words")
+                      help="maximum pause between two words, in milliseconds")
     make.add_argument("--cache-dir", type=Path, default=default_cache_dir(), metavar="DIR",
                       help="cache of decoded G.722 recordings (default %(default)s)")
     make.set_defaults(handler=run_make)
