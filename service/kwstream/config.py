@@ -161,7 +161,7 @@ def _coerce(value: Any, annotation: str, key: str, origin: str) -> Any:
         raise ConfigError(
             f"{origin}: {key} must be {expected}, got {type(value).__name__} {value!r}"
         )
-    return float(value) if annotation.startswith("float") else value
+    return float(value) if annotation.startswith("float") else value  # type: ignore[arg-type]
 
 
 def load_config(path: Path | None) -> ServiceConfig:

@@ -100,7 +100,7 @@ class FrontendParams:
         return cls(**data)
 
 
-def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+def _hz_to_mel(hz: np.ndarray | np.float64) -> np.ndarray:
     return 1127.0 * np.log1p(hz / 700.0)
 
 

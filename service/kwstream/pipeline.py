@@ -266,6 +266,8 @@ class Pipeline:
             self._update_gauges(channel)
 
     def _update_gauges(self, channel: ModelChannel) -> None:
+        if channel.scorer is None:
+            return
         report = channel.scorer.report()
         precision, recall = report.precision, report.recall
         if precision is not None:
