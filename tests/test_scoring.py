@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 from kwstream.cli import main
-from kwstream.events import Event, write_events
+from kwstream.errors import EventFileError
+from kwstream.events import Event, read_events, write_events
 from kwstream.labels import Label, write_labels
 from kwstream.scoring import StreamingScorer, score_events
 
@@ -359,3 +360,45 @@ def test_score_command_needs_model_choice(
     assert "choose one with --model" in capsys.readouterr().err
     assert main(["score", "--events", str(events_path), "--labels", str(labels_path),
                  "--model", "other"]) == 0
+
+
+# Event files.
+
+
+def test_event_json_round_trip(tmp_path: Path) -> None:
+    events = [Event("yes", 0.91, 1500, "kws20", False, "2026-01-01T00:00:00Z", "pi"),
+              Event("no", 0.8, 2500.5, "candidate", shadow=True)]
+    path = tmp_path / "events.jsonl"
+
+    write_events(path, events)
+
+    assert read_events(path) == events
+    assert events[1].to_json() == (
+        '{"keyword":"no","score":0.8,"time_ms":2500.5,"model":"candidate","shadow":true}'
+    )
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ('{"keyword": "yes", "score": 0.9, "time_ms": 10, "model": "m"', "invalid JSON"),
+        ('{"keyword": "yes", "score": "high", "time_ms": 10, "model": "m", "shadow": false}',
+         "score must be a number, got 'high'"),
+        ('{"keyword": "yes", "score": 0.9, "time_ms": -1, "model": "m", "shadow": false}',
+         "time_ms must be >= 0"),
+        ('{"keyword": "yes", "score": 0.9, "time_ms": 1, "model": "m", "shadow": 0}',
+         "shadow must be true or false"),
+        ('{"keyword": "yes", "score": 0.9, "time_ms": 1, "model": "m", "shadow": false, '
+         '"extra": 1}', "unknown field(s) extra"),
+        ("[1, 2]", "expected a JSON object, got list"),
+    ],
+)
+def test_invalid_event_line(tmp_path: Path, line: str, expected: str) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n" + line + "\n")
+
+    with pytest.raises(EventFileError) as raised:
+        read_events(path)
+
+    assert f"{path}:2: " in str(raised.value)
+    assert expected in str(raised.value)
