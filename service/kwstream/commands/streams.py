@@ -21,6 +21,7 @@ from kwstream.streams import (
 
 log = logging.getLogger(__name__)
 
+# NOTE: the default recipe exists only in a source checkout; the wheel does not carry bench/.
 DEFAULT_RECIPE = Path(__file__).resolve().parents[3] / "bench" / "streams" / "allison.toml"
 
 
