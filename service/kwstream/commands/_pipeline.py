@@ -86,6 +86,33 @@ def apply_pipeline_options(config: ServiceConfig, args: argparse.Namespace) -> N
         config.device_id = args.device_id
 
 
+def scorer_factory(
+    labels_path: Path, tolerance_ms: float
+) -> tuple[list[Any], Callable[[list[KeywordModel]], dict[str, Any]]]:
+    """Read a label file; return its labels and a function that builds one scorer per model.
+
+    Each model's scorer is checked first: every label must be one of its keywords or
+    ``_unknown_``, so a label file for another model is rejected before any audio is read.
+    """
+    from kwstream.labels import read_labels
+    from kwstream.scoring import StreamingScorer
+
+    labels = read_labels(labels_path)
+
+    def scorers_for(models: list[KeywordModel]) -> dict[str, Any]:
+        for model in models:
+            known = set(model.card.keywords) | {"_unknown_"}
+            for reference in labels:
+                if reference.label not in known:
+                    raise ConfigError(
+                        f"{labels_path}: label {reference.label!r} at {reference.start_ms} ms is "
+                        f"neither a keyword of model {model.id} nor _unknown_"
+                    )
+        return {m.id: StreamingScorer(labels, m.card.keywords, tolerance_ms) for m in models}
+
+    return labels, scorers_for
+
+
 def load_models(config: ServiceConfig) -> tuple[KeywordModel, KeywordModel | None]:
     """Load and check the primary and shadow models before any audio is read."""
     path = Path(config.model.path) if config.model.path else default_model_path()

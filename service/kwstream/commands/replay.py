@@ -17,10 +17,10 @@ from kwstream.commands._pipeline import (
     add_pipeline_options,
     apply_pipeline_options,
     build_service,
+    scorer_factory,
 )
 from kwstream.config import ServiceConfig
 from kwstream.errors import ConfigError, KwstreamError
-from kwstream.inference import KeywordModel
 from kwstream.pipeline import ModelChannel
 from kwstream.runner import RunStats, run_pipeline
 from kwstream.sources import FileSource, StdinSource
@@ -74,16 +74,7 @@ def handle(args: argparse.Namespace) -> int:
     labels = None
     scorers_for = None
     if args.labels is not None:
-        from kwstream.labels import read_labels
-        from kwstream.scoring import StreamingScorer
-
-        labels = read_labels(args.labels)
-
-        def scorers_for(models: list[KeywordModel]) -> dict[str, Any]:
-            for model in models:
-                check_labels_known(labels, model, args.labels)
-            return {m.id: StreamingScorer(labels, m.card.keywords, args.tolerance_ms)
-                    for m in models}
+        labels, scorers_for = scorer_factory(args.labels, args.tolerance_ms)
 
     service = build_service(config, scorers_for=scorers_for, keep_trace=args.sweep is not None)
     log.info("replay of %s with model %s (%s, sha256 %s...), %s", source.description,
@@ -121,17 +112,6 @@ async def _replay(service: Service, source: Any) -> RunStats:
 
 def source_block_s(source: Any) -> float:
     return getattr(source, "block_ms", 100) / 1000
-
-
-def check_labels_known(labels: Any, model: KeywordModel, path: Path) -> None:
-    """Reject a label file whose keywords the model does not know."""
-    known = set(model.card.keywords) | {"_unknown_"}
-    for reference in labels:
-        if reference.label not in known:
-            raise ConfigError(
-                f"{path}: label {reference.label!r} at {reference.start_ms} ms is not a keyword "
-                f"of model {model.id} nor _unknown_"
-            )
 
 
 def percentiles_ms(values: list[np.ndarray]) -> dict[str, float | None]:

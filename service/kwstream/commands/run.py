@@ -17,6 +17,7 @@ from kwstream.commands._pipeline import (
     add_pipeline_options,
     apply_pipeline_options,
     build_service,
+    scorer_factory,
 )
 from kwstream.config import ServiceConfig, load_config
 from kwstream.metrics import Metrics
@@ -84,18 +85,7 @@ def handle(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     scorers_for = None
     if config.scoring.labels:
-        from kwstream.commands.replay import check_labels_known
-        from kwstream.labels import read_labels
-        from kwstream.scoring import StreamingScorer
-
-        labels_path = Path(config.scoring.labels)
-        labels = read_labels(labels_path)
-
-        def scorers_for(models: list[Any]) -> dict[str, Any]:
-            for model in models:
-                check_labels_known(labels, model, labels_path)
-            return {m.id: StreamingScorer(labels, m.card.keywords, config.scoring.tolerance_ms)
-                    for m in models}
+        _, scorers_for = scorer_factory(Path(config.scoring.labels), config.scoring.tolerance_ms)
 
     service = build_service(config, scorers_for=scorers_for)
     try:
