@@ -43,8 +43,8 @@ class FrontendParams:
     window_rows: int = 49
     """Rows in one model input window (49 rows of 20 ms cover 1 s)."""
     normalization: str = "window_mean"
-    """How a window is normalised before quantization: ``none``, ``window_mean`` (subtract
-    the mean of all values of the window) or ``band_mean`` (subtract each band's mean)."""
+    """Window normalisation before quantization: ``none``, ``window_mean`` (the mean of all
+    values of the window is subtracted) or ``band_mean`` (each band's mean is subtracted)."""
 
     def __post_init__(self) -> None:
         if self.sample_rate != 16000:
@@ -159,7 +159,7 @@ def log_mel_rows(samples: np.ndarray, params: FrontendParams) -> np.ndarray:
 
 
 def normalize_window(window: np.ndarray, params: FrontendParams) -> np.ndarray:
-    """Normalise one or more windows of shape (..., window_rows, num_bands) as the card says."""
+    """Normalise windows of shape (..., window_rows, num_bands) as ``params.normalization`` selects."""
     if params.normalization == "window_mean":
         return window - window.mean(axis=(-2, -1), keepdims=True)
     if params.normalization == "band_mean":
@@ -206,8 +206,8 @@ class StreamingFrontend:
     def take_windows(self, row_indices: np.ndarray) -> np.ndarray:
         """Return normalised windows (n, window_rows, num_bands) ending at the given rows.
 
-        Only rows produced since the previous call (plus one window of history) can be asked
-        for; afterwards the history is trimmed to the last ``window_rows - 1`` rows.
+        Only rows produced since the previous call, plus one window of history, are kept. After
+        the call the history is trimmed to the last ``window_rows - 1`` rows.
         """
         keep = self.params.window_rows
         first_kept = self.rows_total - self._history.shape[0]

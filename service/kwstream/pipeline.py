@@ -1,9 +1,9 @@
 """The streaming pipeline: blocks in, keyword events out, metrics updated on the way.
 
-For each block: the VAD classifies the 20 ms frames it completes, each model's streaming
-frontend computes the feature rows it completes, every ``inference_stride``-th row whose window
-the VAD gate passes is run through the model (all such windows of a block in one invoke), and
-the posteriors go through the smoother and detector. With a label file, a live scorer judges
+For each block, the VAD classifies the 20 ms frames that the block completes, and each model's
+streaming frontend computes the feature rows that it completes. Every ``inference_stride``-th
+row whose window the VAD gate passes goes through the model, all such windows of a block in
+one invoke. The posteriors then go through the smoother and detector. With a label file, a live scorer judges
 each detection and each reference that stream time has passed.
 
 Decisions depend only on sample positions: the same audio gives the same events whatever the
@@ -72,8 +72,8 @@ class ModelChannel:
         card = model.card
         if card.frontend.hop_ms != HOP_MS:
             raise ModelCardError(
-                f"{model.path}: the pipeline runs on {HOP_MS} ms hops, the card says "
-                f"{card.frontend.hop_ms} ms"
+                f"{model.path}: the card's hop_ms is {card.frontend.hop_ms}, but the "
+                f"pipeline runs on {HOP_MS} ms hops"
             )
         self.model = model
         self.shadow = shadow
