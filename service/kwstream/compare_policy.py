@@ -247,9 +247,11 @@ def judge(kind: str, limit: float, measured: dict[str, Any]) -> tuple[str, str]:
     if delta is None:
         return "not measured", "no data in this scenario for this metric"
     if kind == "max_decrease":
-        return ("pass" if -delta <= limit else "fail"), f"decrease {-delta:g}, at most {limit:g}"
+        decrease = 0.0 - delta
+        return ("pass" if decrease <= limit else "fail"), (
+            f"decrease {decrease:+g}, at most {limit:g}")
     if kind == "max_increase":
-        return ("pass" if delta <= limit else "fail"), f"increase {delta:g}, at most {limit:g}"
+        return ("pass" if delta <= limit else "fail"), f"increase {delta:+g}, at most {limit:g}"
     if interval is None:
         return "not measured", f"change {delta:+g} without a confidence interval"
     passed = interval[1] >= -limit

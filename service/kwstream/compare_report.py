@@ -160,7 +160,7 @@ def write_recall_chart(report: dict[str, Any], path: Path) -> None:
     axes.set_ylabel("streaming recall")
     confidence = int(round(report["confidence"] * 100))
     axes.set_title(f"Recall per keyword over all streams ({confidence} % Wilson intervals)")
-    axes.legend(loc="lower right")
+    axes.legend(loc="upper right")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
