@@ -57,8 +57,15 @@ def handle(args: argparse.Namespace) -> int:
     from kwstream.compare import compare_models, label_sets, load_models
     from kwstream.compare_policy import check_policy, decide, load_policy
     from kwstream.compare_suite import build_clip_sets, build_streams, default_cache_dir, load_suite
+    from kwstream.errors import ConfigError
 
     started = time.monotonic()
+    if args.markdown is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError as error:
+            raise ConfigError("--markdown needs matplotlib for its chart: install "
+                              "kwstream[plots] or omit --markdown") from error
     suite = load_suite(args.suite)
     policy = load_policy(args.policy)
     models = load_models(args.baseline, args.candidate)
