@@ -281,4 +281,4 @@ class Pipeline:
 
 
 def _is_true_positive(outcome: Any) -> bool:
-    return bool(outcome.is_true_positive)
+    return bool(outcome.true_positive)
