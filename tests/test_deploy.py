@@ -4,6 +4,7 @@ mosquitto configuration (started for real), the compose file and the aarch64 whe
 from __future__ import annotations
 
 import getpass
+import itertools
 import os
 import re
 import shutil
@@ -21,8 +22,10 @@ from typing import Any
 
 import pytest
 from kwstream.config import load_config
+from kwstream.modelcard import default_model_path
 
 from tests.prometheus_fixture import free_port
+from tests.support import silence, write_wav
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -37,6 +40,7 @@ COMMAND_TIMEOUT_S = 60
 WHEEL_CHECK_TIMEOUT_S = 300
 BROKER_START_TIMEOUT_S = 5.0
 MQTT_TIMEOUT_S = 5.0
+NOTIFY_TIMEOUT_S = 30.0
 # systemd-analyze security rates a unit from 0 (locked down) to 10 (fully exposed).
 MAX_EXPOSURE = 2.5
 
@@ -140,6 +144,70 @@ def test_unit_security_exposure(tmp_path: Path) -> None:
 
     assert match is not None, result.stdout + result.stderr
     assert float(match.group(1)) <= MAX_EXPOSURE, result.stdout
+
+
+@pytest.mark.skipif(not default_model_path().exists(), reason="no shipped model yet")
+def test_daemon_notifies_systemd(tmp_path: Path) -> None:
+    """kwstream run speaks the sd_notify protocol that Type=notify and WatchdogSec expect."""
+    socket_path = tmp_path / "notify.sock"
+    audio = write_wav(tmp_path / "silence.wav", silence(20.0))
+    messages: list[tuple[float, bytes]] = []
+    metrics_port = free_port()
+    environment = {**os.environ, "NOTIFY_SOCKET": str(socket_path),
+                   "WATCHDOG_USEC": "1000000"}
+    log_path = tmp_path / "daemon.log"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener, \
+            log_path.open("wb") as log:
+        listener.bind(str(socket_path))
+        listener.settimeout(0.2)
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "kwstream", "run", "--file", str(audio),
+             "--metrics-port", str(metrics_port)],
+            env=environment, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
+        metrics_at_ready = False
+        try:
+            started = time.monotonic()
+            deadline = started + NOTIFY_TIMEOUT_S
+            # READY=1, then WATCHDOG=1 every 0.5 s (half of WATCHDOG_USEC): wait for three.
+            while time.monotonic() < deadline and daemon.poll() is None:
+                if sum(message == b"WATCHDOG=1" for _, message in messages) >= 3:
+                    break
+                try:
+                    message = listener.recv(4096)
+                except TimeoutError:
+                    continue
+                messages.append((time.monotonic() - started, message))
+                if message == b"READY=1":
+                    metrics_at_ready = metrics_served(metrics_port)
+            daemon.terminate()
+            daemon.wait(COMMAND_TIMEOUT_S)
+            while True:
+                try:
+                    messages.append((time.monotonic() - started, listener.recv(4096)))
+                except TimeoutError:
+                    break
+        finally:
+            if daemon.poll() is None:
+                daemon.kill()
+                daemon.wait()
+    stderr = log_path.read_text(encoding="utf-8", errors="replace")
+    names = [message for _, message in messages]
+    watchdog_times = [when for when, message in messages if message == b"WATCHDOG=1"]
+
+    assert names[:1] == [b"READY=1"], stderr
+    assert metrics_at_ready, "the metrics endpoint was not up when READY=1 arrived"
+    assert len(watchdog_times) >= 3, names
+    assert max(b - a for a, b in itertools.pairwise(watchdog_times)) < 1.0
+    assert names[-1] == b"STOPPING=1"
+    assert daemon.returncode == 0, stderr
+
+
+def metrics_served(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1.0):
+            return True
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 # ---------------------------------------------------------------------------------------
