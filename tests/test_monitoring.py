@@ -155,6 +155,25 @@ def test_dashboard_has_model_variable() -> None:
     assert "False accepts per hour" in model_filtered
 
 
+def test_dashboard_queries_parse(tmp_path: Path) -> None:
+    """Every panel query is valid PromQL, checked by promtool as recording rules."""
+    values = {"instance": "127.0.0.1:9108", "model": "kws20", "__rate_interval": "20s",
+              "__range": "1h"}
+    queries = dashboard_queries()
+    rules = {"groups": [{"name": "dashboard", "rules": [
+        {"record": f"dashboard_query_{index}", "expr": substitute_variables(expr, values)}
+        for index, (_, _, expr) in enumerate(queries)]}]}
+    # JSON is valid YAML, so promtool reads this file as a rule file.
+    rule_file = tmp_path / "dashboard.rules.json"
+    rule_file.write_text(json.dumps(rules), encoding="utf-8")
+
+    result = run_promtool("check", "rules", str(rule_file))
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(queries)} rules found" in result.stdout
+    assert all("$" not in rule["expr"] for rule in rules["groups"][0]["rules"])
+
+
 def test_dashboard_shows_every_metric() -> None:
     """Each metric the daemon exports is in a panel, directly or through a recording rule."""
     rules = load_yaml(RULES_FILE)
