@@ -315,7 +315,8 @@ def test_dashboard_queries_on_live_replay(
         values = {"instance": instance, "model": model_id,
                   "__rate_interval": "1m", "__range": "5m"}
         failures = ["no query ran"]
-        while replay.poll() is None and failures:
+        deadline = time.monotonic() + LIVE_AUDIO_MS / 1000 + REPLAY_STOP_TIMEOUT_S
+        while replay.poll() is None and failures and time.monotonic() < deadline:
             time.sleep(1.0)
             failures = check_queries(prometheus_server, values)
         variables = variable_values(prometheus_server, {"instance": instance})
