@@ -193,6 +193,7 @@ environment_file | write_file 0600 "$CONFIG_DIR/kwstream.env" 1
 
 # 5. The unit, replaced on every install. Local changes belong in a drop-in.
 write_file 0644 "$UNIT_PATH" 0 <"$DEPLOY_DIR/systemd/kwstream.service"
+run systemd-analyze verify "$UNIT_PATH"
 run systemctl daemon-reload
 run systemctl enable kwstream.service
 run systemctl try-restart kwstream.service
