@@ -183,8 +183,22 @@ def main() -> None:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
     table = markdown(result)
     if args.markdown:
-        args.markdown.write_text(table)
+        replace_section(args.markdown, "replay", table, result)
     print(table)
+
+
+def replace_section(page: Path, name: str, table: str, result: dict) -> None:
+    """Put the table between the page's ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->``."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    header = (f"Measured {result['date']} on {result['machine']}, stream `{result['audio']}`, "
+              f"`--threads 1`, median of {result['kwstream'][0]['runs']} runs per setting.\n\n")
+    block = f"{begin}\n{header}{table}{end}"
+    text = page.read_text() if page.exists() else f"# Benchmarks\n\n{begin}\n{end}\n"
+    if begin not in text or end not in text:
+        text = text.rstrip("\n") + f"\n\n{begin}\n{end}\n"
+    before, rest = text.split(begin, 1)
+    after = rest.split(end, 1)[1]
+    page.write_text(before + block + after)
 
 
 if __name__ == "__main__":

@@ -88,6 +88,7 @@ class ModelChannel:
         self.trace = ScoreTrace() if keep_trace else None
         self.inference_ms: list[np.ndarray] = []
         self.inferences = 0
+        self.invokes = 0
         self.last_row_end_sample = 0
         self._label = model.id
         self._inference_histogram = metrics.inference_seconds.labels(model=self._label)
@@ -222,6 +223,7 @@ class Pipeline:
             channel._inference_histogram.observe(per_window_s)
         channel.inference_ms.append(np.full(rows.size, per_window_s * 1000.0))
         channel.inferences += rows.size
+        channel.invokes += 1
         self.metrics.inferences.labels(model=channel.label).inc(rows.size)
 
         frontend = channel.frontend.params

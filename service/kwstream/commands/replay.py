@@ -130,6 +130,9 @@ def channel_report(channel: ModelChannel, stats: RunStats, scored: bool) -> dict
         "model_sha256": channel.model.card.sha256,
         "inference_stride": channel.settings.inference_stride,
         "inferences": channel.inferences,
+        # Windows of one block run in one invoke; inference_ms is the invoke time per window.
+        "windows_per_invoke": (round(channel.inferences / channel.invokes, 2)
+                               if channel.invokes else None),
         "inference_ms": percentiles_ms(channel.inference_ms),
     }
     if scored and channel.scorer is not None:
