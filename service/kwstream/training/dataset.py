@@ -1,0 +1,215 @@
+"""Feature data sets: synthesized speech turned into augmented 1-s clips and log-mel windows.
+
+Features come from :func:`kwstream.frontend.feature_windows`, the function the runtime uses,
+so the model is trained on exactly the numbers it will see.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from kwstream.errors import RecipeError
+from kwstream.frontend import FrontendParams, feature_windows
+from kwstream.modelcard import SILENCE_LABEL, UNKNOWN_LABEL
+from kwstream.training import augment
+from kwstream.training.corpus import KIND_KEYWORD, KIND_SENTENCE, SpeechSet, stable_seed
+from kwstream.training.recipe import AugmentSpec, Recipe
+
+log = logging.getLogger(__name__)
+
+KIND_CLIP = "clip"
+"""A trimmed word that is placed into a 1-s clip."""
+KIND_EXCERPT = "excerpt"
+"""A 1-s excerpt of running speech, used as it is."""
+KIND_SILENCE = "silence"
+
+SENTENCE_HOP_SAMPLES = 8000
+"""Step between two 1-s excerpts of a synthesized sentence (0.5 s)."""
+AMBIENT_MAX_SECONDS = 120
+"""Only the first two minutes of an ambient recording are kept, to bound memory."""
+MAX_WORD_SAMPLES = 15200
+"""Words longer than 0.95 s after trimming are dropped: they would not fit a window."""
+
+
+@dataclass
+class Item:
+    label: int
+    kind: str
+    audio: np.ndarray
+    voice: str
+
+
+@dataclass
+class SplitData:
+    """Feature windows of one split, with the label and the voice of each window."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    voices: list[str]
+    kinds: list[str]
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def load_ambient(files: tuple[str, ...]) -> list[np.ndarray]:
+    """Read ambient noise recordings as 16 kHz mono float32, at most AMBIENT_MAX_SECONDS each.
+
+    libsndfile formats are read with soundfile, G.722 with ffmpeg. A file that cannot be
+    decoded, is shorter than 0.1 s or is silent raises RecipeError naming it.
+    """
+    import soundfile
+    import soxr
+
+    from kwstream.training.evaluate import decode_g722
+
+    recordings = []
+    for name in files:
+        if name.endswith(".g722"):
+            mono = decode_g722(Path(name))
+        else:
+            try:
+                audio, rate = soundfile.read(name, dtype="float32", always_2d=True)
+            except (RuntimeError, OSError, soundfile.LibsndfileError) as error:
+                raise RecipeError(f"noise file {name} cannot be read: {error}") from error
+            mono = audio.mean(axis=1)
+            if rate != augment.SAMPLE_RATE:
+                mono = soxr.resample(mono, rate, augment.SAMPLE_RATE).astype(np.float32)
+        mono = mono[: AMBIENT_MAX_SECONDS * augment.SAMPLE_RATE]
+        if mono.size < augment.SAMPLE_RATE // 10 or augment.rms(mono) <= 0:
+            raise RecipeError(f"noise file {name} is shorter than 0.1 s or silent")
+        recordings.append(mono)
+    return recordings
+
+
+def collect_items(recipe: Recipe, speech: list[SpeechSet]) -> dict[str, list[Item]]:
+    """Group trimmed words, sentence excerpts and silence placeholders by split."""
+    label_index = {label: i for i, label in enumerate(recipe.labels)}
+    items: dict[str, list[Item]] = {"train": [], "validation": [], "test": []}
+    dropped = 0
+    for speech_set in speech:
+        job = speech_set.job
+        split = job.voice.split
+        index = label_index[job.label]
+        for clip in speech_set.clips:
+            audio = clip.astype(np.float32) / 32768.0
+            if job.kind == KIND_SENTENCE:
+                trimmed = augment.trim_silence(audio)
+                for start in range(0, max(trimmed.size - augment.CLIP_SAMPLES, 0) + 1,
+                                   SENTENCE_HOP_SAMPLES):
+                    excerpt = trimmed[start:start + augment.CLIP_SAMPLES]
+                    if excerpt.size == augment.CLIP_SAMPLES:
+                        items[split].append(Item(index, KIND_EXCERPT, excerpt, job.voice.key))
+                continue
+            word = augment.trim_silence(audio)
+            if word.size == 0 or word.size > MAX_WORD_SAMPLES:
+                dropped += 1
+                continue
+            kind = KIND_CLIP if job.kind == KIND_KEYWORD or job.kind.startswith("word") else None
+            if kind is None:
+                raise RuntimeError(f"unexpected job kind {job.kind!r}")
+            items[split].append(Item(index, KIND_CLIP, word, job.voice.key))
+    if dropped:
+        log.info("dropped %d synthesized words longer than %.2f s or empty", dropped,
+                 MAX_WORD_SAMPLES / augment.SAMPLE_RATE)
+    if SILENCE_LABEL in label_index:
+        for split, count in recipe.silence_clips.items():
+            for _ in range(count):
+                items[split].append(Item(label_index[SILENCE_LABEL], KIND_SILENCE,
+                                         np.zeros(0, np.float32), "noise"))
+    return items
+
+
+def _sentence_audio(items: list[Item]) -> list[np.ndarray]:
+    return [item.audio for item in items if item.kind == KIND_EXCERPT]
+
+
+_WORKER: dict[str, object] = {}
+
+
+def _init_worker(spec: AugmentSpec, recordings: list[np.ndarray], params: FrontendParams,
+                 speech: list[np.ndarray]) -> None:
+    _WORKER.update(spec=spec, recordings=recordings, params=params, speech=speech)
+
+
+def _featurize(arguments: tuple[list[Item], list[list[int]], bool]) -> np.ndarray:
+    """Augment items and compute one feature window per augmented clip."""
+    items, seeds, full = arguments
+    spec: AugmentSpec = _WORKER["spec"]  # type: ignore[assignment]
+    recordings: list[np.ndarray] = _WORKER["recordings"]  # type: ignore[assignment]
+    params: FrontendParams = _WORKER["params"]  # type: ignore[assignment]
+    speech: list[np.ndarray] = _WORKER["speech"]  # type: ignore[assignment]
+    output = np.empty((len(items), params.window_rows, params.num_bands), dtype=np.float32)
+    for slot, (item, seed) in enumerate(zip(items, seeds, strict=True)):
+        rng = np.random.default_rng(seed)
+        if item.kind == KIND_CLIP:
+            clip = augment.augment_word(rng, item.audio, spec, recordings, speech, full)
+        elif item.kind == KIND_EXCERPT:
+            clip = augment.augment_window(rng, item.audio, spec, recordings, full)
+        else:
+            clip = augment.silence_clip(rng, spec, recordings)
+        windows = feature_windows(clip, params)
+        output[slot] = windows[0]
+    return output
+
+
+def build_split(recipe: Recipe, split: str, items: list[Item], recordings: list[np.ndarray],
+                copies: int, full: bool, processes: int | None = None) -> SplitData:
+    """Augment every item ``copies`` times and return the feature windows, in parallel."""
+    from tqdm import tqdm
+
+    expanded: list[Item] = []
+    seeds: list[list[int]] = []
+    for copy in range(copies):
+        for index, item in enumerate(items):
+            expanded.append(item)
+            seeds.append(stable_seed(recipe.seed, split, index, copy, full))
+    speech = _sentence_audio(items)
+    chunk = 256
+    tasks = [(expanded[i:i + chunk], seeds[i:i + chunk], full)
+             for i in range(0, len(expanded), chunk)]
+    workers = processes or os.cpu_count() or 1
+    parts: list[np.ndarray] = []
+    initargs = (recipe.augment, recordings, recipe.frontend, speech[:400])
+    with tqdm(total=len(expanded), unit="clip", desc=f"features {split}",
+              dynamic_ncols=True) as progress:
+        if workers == 1:
+            _init_worker(*initargs)
+            for task in tasks:
+                parts.append(_featurize(task))
+                progress.update(len(task[0]))
+        else:
+            context = multiprocessing.get_context("spawn")
+            with context.Pool(workers, initializer=_init_worker, initargs=initargs) as pool:
+                for task, part in zip(tasks, pool.imap(_featurize, tasks), strict=True):
+                    parts.append(part)
+                    progress.update(len(task[0]))
+    features = (np.concatenate(parts) if parts else
+                np.zeros((0, recipe.frontend.window_rows, recipe.frontend.num_bands), np.float32))
+    labels = np.array([item.label for item in expanded], dtype=np.int32)
+    counts = {label: int(np.sum(labels == i)) for i, label in enumerate(recipe.labels)}
+    return SplitData(features, labels, [item.voice for item in expanded],
+                     [item.kind for item in expanded], counts)
+
+
+def ensure_labels_present(recipe: Recipe, data: dict[str, SplitData]) -> None:
+    for split in ("train", "validation"):
+        missing = [label for label, count in data[split].counts.items() if count == 0]
+        if missing:
+            raise RecipeError(f"{recipe.path}: the {split} split has no clip of "
+                              f"{', '.join(missing)}; add voices, words or silence clips")
+
+
+def unknown_or_silence(recipe: Recipe) -> set[int]:
+    return {i for i, label in enumerate(recipe.labels) if label in (SILENCE_LABEL, UNKNOWN_LABEL)}
+
+
+def default_cache_dir() -> Path:
+    configured = os.environ.get("KWSTREAM_CACHE")
+    if configured:
+        return Path(configured)
+    return Path.home() / ".cache" / "kwstream"

@@ -1,0 +1,115 @@
+"""The Keras DS-CNN and its training loop. Import only from the training pipeline (TensorFlow)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from kwstream.training.recipe import ArchitectureSpec, TrainSpec
+
+log = logging.getLogger(__name__)
+
+
+def build_model(rows: int, bands: int, classes: int, spec: ArchitectureSpec) -> Any:
+    """Build a DS-CNN whose input is (batch, rows, bands, 1) and output a softmax over classes.
+
+    Batch normalization follows every convolution, so the converter folds it into the
+    convolution weights and the int8 model keeps only CONV_2D, DEPTHWISE_CONV_2D, MEAN,
+    FULLY_CONNECTED and SOFTMAX.
+    """
+    import keras
+    from keras import layers
+
+    inputs = keras.Input(shape=(rows, bands, 1), name="features")
+    x = layers.Conv2D(spec.first_filters, spec.first_kernel, strides=spec.first_stride,
+                      padding="same", use_bias=False)(inputs)
+    x = layers.BatchNormalization()(x)
+    x = layers.ReLU()(x)
+    for filters, stride in spec.blocks:
+        x = layers.DepthwiseConv2D((3, 3), strides=stride, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.ReLU()(x)
+        x = layers.Conv2D(filters, (1, 1), use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.ReLU()(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(spec.dropout)(x)
+    x = layers.Dense(classes)(x)
+    outputs = layers.Softmax()(x)
+    return keras.Model(inputs, outputs, name="ds_cnn")
+
+
+def class_weights(labels: np.ndarray, classes: int) -> dict[int, float]:
+    """Weights that give each class the same total weight, capped at 4x."""
+    counts = np.bincount(labels, minlength=classes).astype(np.float64)
+    mean = counts[counts > 0].mean()
+    return {i: float(min(4.0, mean / c)) if c else 1.0 for i, c in enumerate(counts)}
+
+
+def train_model(model: Any, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
+                val_y: np.ndarray, classes: int, spec: TrainSpec, seed: int) -> dict[str, Any]:
+    """Train with Adam and a cosine learning-rate decay; keep the weights of the epoch with
+    the best validation accuracy. Returns the per-epoch history."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    steps = int(np.ceil(len(train_x) / spec.batch_size)) * spec.epochs
+    schedule = keras.optimizers.schedules.CosineDecay(spec.learning_rate, decay_steps=steps,
+                                                      alpha=0.02)
+    model.compile(
+        optimizer=keras.optimizers.Adam(schedule),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=spec.label_smoothing),
+        metrics=["accuracy"],
+    )
+    weights = class_weights(train_y, classes)
+    sample_weight = np.array([weights[int(y)] for y in train_y], dtype=np.float32)
+
+    train_set = (
+        tf.data.Dataset.from_tensor_slices((train_x[..., None], keras.utils.to_categorical(
+            train_y, classes), sample_weight))
+        .shuffle(min(len(train_x), 50000), seed=seed, reshuffle_each_iteration=True)
+        .batch(spec.batch_size)
+        .prefetch(2)
+    )
+    val_set = tf.data.Dataset.from_tensor_slices(
+        (val_x[..., None], keras.utils.to_categorical(val_y, classes))).batch(512)
+
+    class _Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self.started = time.monotonic()
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            logs = logs or {}
+            log.info("epoch %d/%d: loss %.4f, accuracy %.4f, validation accuracy %.4f "
+                     "(%.0f s)", epoch + 1, spec.epochs, logs.get("loss", float("nan")),
+                     logs.get("accuracy", float("nan")), logs.get("val_accuracy", float("nan")),
+                     time.monotonic() - self.started)
+
+    class _KeepBest(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.best_accuracy = -1.0
+            self.best_weights: list[np.ndarray] | None = None
+            self.best_epoch = -1
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            accuracy = float((logs or {}).get("val_accuracy", -1.0))
+            if accuracy > self.best_accuracy:
+                self.best_accuracy = accuracy
+                self.best_weights = self.model.get_weights()
+                self.best_epoch = epoch
+
+    keep = _KeepBest()
+    history = model.fit(train_set, validation_data=val_set, epochs=spec.epochs, verbose=0,
+                        shuffle=False,
+                        callbacks=[_Timer(), keep])
+    if keep.best_weights is not None:
+        model.set_weights(keep.best_weights)
+    log.info("kept the weights of epoch %d (validation accuracy %.4f)", keep.best_epoch + 1,
+             keep.best_accuracy)
+    return {"history": {k: [float(v) for v in values] for k, values in history.history.items()},
+            "best_epoch": keep.best_epoch + 1, "best_validation_accuracy": keep.best_accuracy}

@@ -1,0 +1,255 @@
+"""The training pipeline behind ``kwstream train``: synthesis to model card, step by step.
+
+Steps: check the voices, synthesize the speech corpus (cached), augment it into feature
+windows, train the Keras DS-CNN, export a full-integer int8 .tflite, pick thresholds on the
+validation voices, evaluate on the test voices and on real speech, measure the TFLite Micro
+arena, and write the model card.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kwstream.errors import RecipeError
+from kwstream.modelcard import ModelCard, file_sha256
+from kwstream.training import corpus, dataset, evaluate, export, report, smoothing
+from kwstream.training.engines import check_voice
+from kwstream.training.recipe import SPLITS, Recipe
+
+log = logging.getLogger(__name__)
+
+MAX_MODEL_BYTES = 64 * 1024
+MAX_ARENA_BYTES = 48 * 1024
+
+
+@contextlib.contextmanager
+def step(name: str, timings: dict[str, float]) -> Iterator[None]:
+    log.info("%s: started", name)
+    started = time.monotonic()
+    yield
+    elapsed = time.monotonic() - started
+    timings[name] = round(elapsed, 1)
+    log.info("%s: done in %.1f s", name, elapsed)
+
+
+def check_voices(recipe: Recipe) -> None:
+    for voice in recipe.voices:
+        check_voice(voice.engine, voice.name, voice.variants)
+
+
+def _split_summary(recipe: Recipe, data: dict[str, dataset.SplitData]) -> dict[str, Any]:
+    return {
+        "voices": {split: [v.key for v in recipe.voices_in(split)] for split in SPLITS},
+        "clips_per_class": {split: data[split].counts for split in SPLITS if split in data},
+        "train_copies": recipe.augment.copies,
+        "augmentation": "training clips: speed, level, shift, context speech, reverberation, "
+                        "telephone and microphone band limits, noise; validation and test "
+                        "clips: shift, level, noise floor and noise at eval_snr_db half of "
+                        "the time",
+    }
+
+
+def run(recipe: Recipe, cache_dir: Path, out_dir: Path, processes: int | None = None) -> Path:
+    """Run every step and return the path of the written .tflite (its card lies beside it)."""
+    timings: dict[str, float] = {}
+    started = time.monotonic()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+
+    with step("check voices", timings):
+        check_voices(recipe)
+        recordings = dataset.load_ambient(recipe.augment.ambient_files)
+
+    with step("synthesis", timings):
+        jobs = corpus.plan_jobs(recipe)
+        speech = corpus.synthesize_corpus(jobs, cache_dir, processes)
+
+    with step("features", timings):
+        items = dataset.collect_items(recipe, speech)
+        data = {
+            "train": dataset.build_split(recipe, "train", items["train"], recordings,
+                                         recipe.augment.copies, True, processes),
+            "validation": dataset.build_split(recipe, "validation", items["validation"],
+                                              recordings, 1, False, processes),
+            "test": dataset.build_split(recipe, "test", items["test"], recordings, 1, False,
+                                        processes),
+        }
+        validation_words = [(item.label, item.audio) for item in items["validation"]
+                            if item.kind == dataset.KIND_CLIP]
+        del speech, items
+        dataset.ensure_labels_present(recipe, data)
+        for split, split_data in data.items():
+            log.info("%s: %d windows", split, len(split_data.labels))
+
+    with step("training", timings):
+        keras_model, fit = _train_or_reuse(recipe, data, cache_dir)
+
+    model_path = out_dir / f"{recipe.id}.tflite"
+    with step("int8 export", timings):
+        rng = np.random.default_rng(corpus.stable_seed(recipe.seed, "representative"))
+        train_x = data["train"].features
+        picks = rng.choice(len(train_x), min(recipe.train.representative_windows, len(train_x)),
+                           replace=False)
+        export.export_int8(keras_model, train_x[picks], model_path)
+        quantization = export.quantization_of(model_path)
+        ops = export.op_types(model_path)
+
+    with step("evaluation", timings):
+        metrics = evaluate_model(recipe, model_path, keras_model, data, fit)
+        metrics["ops"] = ops
+
+    with step("smoother tuning", timings):
+        smoother, metrics["validation_stream"] = smoothing.tune(
+            model_path, recipe.frontend, validation_words, recipe.labels,
+            metrics["thresholds"], recipe.seed)
+        if recipe.smoother is not None:
+            smoother = recipe.smoother
+            metrics["validation_stream"]["note"] = "smoother fixed by the recipe"
+
+    with step("arena", timings):
+        arena = export.measure_arena(model_path)
+
+    size = model_path.stat().st_size
+    if size > MAX_MODEL_BYTES:
+        log.warning("%s is %d bytes, above the %d-byte target", model_path, size,
+                    MAX_MODEL_BYTES)
+    if arena is not None and arena > MAX_ARENA_BYTES:
+        log.warning("%s needs a %d-byte arena, above the %d-byte target", model_path, arena,
+                    MAX_ARENA_BYTES)
+    timings["total"] = round(time.monotonic() - started, 1)
+    metrics["wall_seconds"] = timings
+    metrics["machine"] = f"{os.cpu_count()} CPU cores"
+    thresholds = metrics.pop("thresholds")
+
+    card = ModelCard(
+        id=recipe.id,
+        version=recipe.version,
+        labels=list(recipe.labels),
+        frontend=recipe.frontend,
+        smoother=smoother,
+        thresholds=thresholds,
+        sha256=file_sha256(model_path),
+        size_bytes=size,
+        arena_bytes=arena,
+        quantization=quantization,
+        recipe={"path": _display_path(recipe.path), "content": recipe.content,
+                "seed": recipe.seed},
+        data=_split_summary(recipe, data),
+        metrics=metrics,
+    )
+    card.write(model_path.with_suffix(".json"))
+    report.write_markdown(card, model_path.with_suffix(".md"))
+    log.info("wrote %s (%d bytes, arena %s bytes) and its card", model_path, size, arena)
+    return model_path
+
+
+def _train_or_reuse(recipe: Recipe, data: dict[str, dataset.SplitData],
+                    cache_dir: Path) -> tuple[Any, dict[str, Any]]:
+    """Train the Keras model, or load the one an earlier run of the same recipe saved.
+
+    The trained model is saved before export, so a failure in a later step does not cost
+    the training time again.
+    """
+    import json
+
+    import keras
+
+    from kwstream.training import model as model_module
+
+    # The key covers the recipe and the training code, so a change to either retrains.
+    sources = sorted(Path(model_module.__file__).parent.glob("*.py"))
+    digest = corpus.stable_seed(recipe.content, *(p.read_text() for p in sources))
+    folder = cache_dir / "models"
+    folder.mkdir(parents=True, exist_ok=True)
+    saved = folder / f"{recipe.id}-{digest[0]:08x}{digest[1]:08x}.keras"
+    history = saved.with_suffix(".json")
+    if saved.is_file() and history.is_file():
+        log.info("reusing the model trained from the same recipe: %s", saved)
+        return keras.models.load_model(saved), json.loads(history.read_text())
+    classes = len(recipe.labels)
+    keras_model = model_module.build_model(recipe.frontend.window_rows,
+                                           recipe.frontend.num_bands, classes,
+                                           recipe.architecture)
+    fit = model_module.train_model(keras_model, data["train"].features, data["train"].labels,
+                                   data["validation"].features, data["validation"].labels,
+                                   classes, recipe.train, recipe.seed)
+    temporary = saved.with_name(f".{saved.stem}.tmp.keras")
+    keras_model.save(temporary)
+    temporary.replace(saved)
+    history.write_text(json.dumps(fit))
+    return keras_model, fit
+
+
+def _display_path(path: Path) -> str:
+    with contextlib.suppress(ValueError):
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    return str(path)
+
+
+def evaluate_model(recipe: Recipe, model_path: Path, keras_model: Any,
+                   data: dict[str, dataset.SplitData], fit: dict[str, Any]) -> dict[str, Any]:
+    """Measure the int8 model with LiteRT's default kernels; thresholds come from validation."""
+    labels = recipe.labels
+    posteriors = {split: export.run_litert(model_path, data[split].features)
+                  for split in ("validation", "test")}
+    thresholds = evaluate.select_thresholds(
+        posteriors["validation"], data["validation"].labels, labels,
+        recipe.thresholds.max_false_accept, recipe.thresholds.minimum, recipe.thresholds.maximum)
+    metrics: dict[str, Any] = {
+        "measured_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "runtime": "ai_edge_litert Interpreter, default kernels, int8 model",
+        "thresholds": thresholds,
+        "threshold_rule": f"lowest threshold in [{recipe.thresholds.minimum}, "
+                          f"{recipe.thresholds.maximum}] with at most "
+                          f"{recipe.thresholds.max_false_accept:.2%} of other validation clips "
+                          f"at or above it",
+        "training": {"best_epoch": fit["best_epoch"],
+                     "float_validation_accuracy": round(fit["best_validation_accuracy"], 4),
+                     "epochs": recipe.train.epochs},
+    }
+    for split in ("validation", "test"):
+        summary = evaluate.clip_metrics(posteriors[split], data[split].labels, labels)
+        summary["at_thresholds"] = evaluate.detection_rates(posteriors[split],
+                                                            data[split].labels, labels,
+                                                            thresholds)
+        metrics[f"{split}_voices"] = summary
+    metrics["test_voices"]["note"] = (
+        "held out: no test voice is in the training or validation split")
+    test_x = data["test"].features
+    float_predicted = keras_model.predict(test_x[..., None], batch_size=512, verbose=0)
+    metrics["test_voices"]["float_accuracy"] = float(
+        np.mean(float_predicted.argmax(axis=1) == data["test"].labels)) if len(test_x) else None
+
+    sample = test_x[:1000]
+    default_top = posteriors["test"][:len(sample)].argmax(axis=1)
+    reference_top = export.run_litert(model_path, sample, reference_kernels=True).argmax(axis=1)
+    metrics["kernel_agreement"] = {
+        "windows": int(len(sample)),
+        "default_vs_reference_top_class": float(np.mean(default_top == reference_top))
+        if len(sample) else None,
+    }
+
+    allison = None
+    if recipe.evaluation.allison_dir:
+        allison = evaluate.load_allison(Path(recipe.evaluation.allison_dir), recipe.frontend,
+                                        labels, recipe.evaluation.keyword_excludes, recipe.seed)
+    if allison is not None:
+        metrics["allison"] = evaluate.allison_metrics(model_path, allison, labels, thresholds)
+        metrics["allison"]["note"] = (
+            "real human speech (one female speaker, asterisk-core-sounds-en-g722), never "
+            "used for training, thresholds or model selection")
+    return metrics
+
+
+def validate_output_dir(path: Path) -> None:
+    if path.exists() and not path.is_dir():
+        raise RecipeError(f"output path {path} exists and is not a folder")

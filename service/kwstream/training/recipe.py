@@ -1,0 +1,439 @@
+"""Training recipes: the TOML file that fixes labels, voices, augmentation, model and training.
+
+A recipe is read once, checked completely, and turned into frozen dataclasses. Every error
+names the recipe file and the key, so a typo stops the run before any synthesis starts.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kwstream.errors import RecipeError
+from kwstream.frontend import FrontendParams
+from kwstream.modelcard import NON_KEYWORD_LABELS, SILENCE_LABEL, UNKNOWN_LABEL, SmootherSettings
+
+SPLITS = ("train", "validation", "test")
+ENGINES = ("espeak-ng", "flite", "festival", "piper", "kokoro")
+
+
+@dataclass(frozen=True)
+class VoiceSpec:
+    """One voice: an engine and one speaker or accent of it, assigned to one split."""
+
+    engine: str
+    name: str
+    split: str
+    renditions: int
+    """Renditions of each keyword (variant, speed and pitch drawn at random)."""
+    unknown_words: int
+    """Distinct non-keyword words this voice speaks."""
+    sentences: int
+    """Synthesized sentences of non-keyword words, cut into 1-s windows of running speech."""
+    variants: tuple[str, ...] = ()
+    """Engine variants (espeak-ng ``+m1``, ``+klatt``; a mix of speaker styles elsewhere)."""
+    speed_range: tuple[float, float] = (0.85, 1.2)
+    """Speaking rate relative to the engine's default (1.0)."""
+    pitch_range: tuple[float, float] = (0.8, 1.25)
+    """Pitch relative to the voice's default (1.0)."""
+    options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    """Engine-specific settings, such as the base pitch of a flite voice."""
+
+    @property
+    def key(self) -> str:
+        return f"{self.engine}:{self.name}"
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    """Augmentation applied to every training clip; validation and test get the eval part."""
+
+    copies: int = 2
+    """Augmented copies of each training clip."""
+    noise_probability: float = 0.8
+    snr_db: tuple[float, float] = (0.0, 30.0)
+    noise_floor_probability: float = 0.7
+    """Share of clips that get a faint noise floor, so digital silence is not the only silence."""
+    noise_floor_dbfs: tuple[float, float] = (-75.0, -50.0)
+    ambient_probability: float = 0.3
+    """Share of noisy clips whose noise is an ambient recording instead of coloured noise."""
+    ambient_files: tuple[str, ...] = ()
+    level_dbfs: tuple[float, float] = (-35.0, -3.0)
+    """Peak level of the speech after gain."""
+    shift_ms: int = 200
+    """Largest random offset of the word from the window centre."""
+    speed_probability: float = 0.5
+    speed_range: tuple[float, float] = (0.9, 1.1)
+    reverb_probability: float = 0.3
+    rt60_range_s: tuple[float, float] = (0.1, 0.6)
+    telephone_probability: float = 0.15
+    microphone_probability: float = 0.25
+    context_probability: float = 0.2
+    """Share of keyword clips with fragments of other speech before and after the word."""
+    eval_snr_db: tuple[float, float] = (10.0, 30.0)
+    """SNR of the noisy validation and test clips."""
+
+
+@dataclass(frozen=True)
+class ArchitectureSpec:
+    """DS-CNN: a first convolution, depthwise-separable blocks, average pooling, a dense layer."""
+
+    first_filters: int = 32
+    first_kernel: tuple[int, int] = (10, 4)
+    first_stride: tuple[int, int] = (2, 2)
+    blocks: tuple[tuple[int, int], ...] = ((32, 1), (64, 2), (64, 1), (64, 1))
+    """(filters, stride) of each depthwise-separable block, 3x3 depthwise kernels."""
+    dropout: float = 0.2
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    epochs: int = 20
+    batch_size: int = 128
+    learning_rate: float = 0.003
+    label_smoothing: float = 0.05
+    representative_windows: int = 500
+
+
+@dataclass(frozen=True)
+class ThresholdSpec:
+    """How per-keyword thresholds are picked on the validation voices."""
+
+    max_false_accept: float = 0.005
+    """Largest share of validation non-keyword clips (and other keywords) above a threshold."""
+    minimum: float = 0.5
+    maximum: float = 0.95
+
+
+@dataclass(frozen=True)
+class EvaluationSpec:
+    """Real-speech evaluation data; never used for training or tuning."""
+
+    allison_dir: str = "/usr/share/asterisk/sounds/en"
+    """Folder of Allison's G.722 prompts; an empty string skips the real-speech evaluation."""
+    keyword_excludes: tuple[str, ...] = ()
+    """Extra prompt names to leave out of the non-keyword set (their speech holds a keyword)."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    path: Path
+    content: str
+    id: str
+    version: str
+    labels: tuple[str, ...]
+    seed: int
+    frontend: FrontendParams
+    smoother: SmootherSettings | None
+    """Fixed smoother defaults; None lets training choose them on the validation voices."""
+    voices: tuple[VoiceSpec, ...]
+    unknown_words_file: str
+    unknown_word_pool: int
+    """Words drawn from the word list before they are shared among the voices."""
+    confusable_words: tuple[str, ...]
+    excluded_words: tuple[str, ...]
+    """Homophones of keywords, never used as non-keyword words."""
+    silence_clips: dict[str, int]
+    augment: AugmentSpec
+    architecture: ArchitectureSpec
+    train: TrainSpec
+    thresholds: ThresholdSpec
+    evaluation: EvaluationSpec
+
+    @property
+    def keywords(self) -> tuple[str, ...]:
+        return tuple(label for label in self.labels if label not in NON_KEYWORD_LABELS)
+
+    def voices_in(self, split: str) -> list[VoiceSpec]:
+        return [voice for voice in self.voices if voice.split == split]
+
+
+class _Section:
+    """Typed access to one TOML table; every error names the file and the dotted key."""
+
+    def __init__(self, source: Path, prefix: str, data: Any) -> None:
+        if not isinstance(data, dict):
+            raise RecipeError(f"{source}: [{prefix}] must be a table, got {data!r}")
+        self.source, self.prefix, self.data = source, prefix, dict(data)
+        self.used: set[str] = set()
+
+    def _name(self, key: str) -> str:
+        return f"{self.prefix}.{key}" if self.prefix else key
+
+    def _fail(self, key: str, message: str) -> RecipeError:
+        return RecipeError(f"{self.source}: {self._name(key)} {message}")
+
+    def get(self, key: str, default: Any, kind: type | tuple[type, ...]) -> Any:
+        self.used.add(key)
+        value = self.data.get(key, default)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, bool) and kind is not bool:
+            raise self._fail(key, f"must be {getattr(kind, '__name__', kind)}, got {value!r}")
+        if not isinstance(value, kind):
+            raise self._fail(key, f"must be {getattr(kind, '__name__', kind)}, got {value!r}")
+        return value
+
+    def number(self, key: str, default: float, low: float, high: float) -> float:
+        value = self.get(key, default, (int, float))
+        if not low <= value <= high:
+            raise self._fail(key, f"must be in [{low}, {high}], got {value}")
+        return float(value)
+
+    def integer(self, key: str, default: int, low: int, high: int = 10**9) -> int:
+        value = self.get(key, default, int)
+        if not low <= value <= high:
+            raise self._fail(key, f"must be in [{low}, {high}], got {value}")
+        return int(value)
+
+    def pair(self, key: str, default: tuple[float, float],
+             ordered: bool = True) -> tuple[float, float]:
+        value = self.get(key, list(default), list)
+        if len(value) != 2 or not all(isinstance(v, int | float) for v in value):
+            raise self._fail(key, f"must be a list of two numbers [low, high], got {value!r}")
+        low, high = float(value[0]), float(value[1])
+        if ordered and low > high:
+            raise self._fail(key, f"must have low <= high, got {value!r}")
+        return low, high
+
+    def strings(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self.get(key, list(default), list)
+        if not all(isinstance(v, str) for v in value):
+            raise self._fail(key, f"must be a list of strings, got {value!r}")
+        return tuple(value)
+
+    def section(self, key: str) -> _Section:
+        self.used.add(key)
+        return _Section(self.source, self._name(key), self.data.get(key, {}))
+
+    def check_unknown(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            names = ", ".join(self._name(k) for k in unknown)
+            raise RecipeError(f"{self.source}: unknown key(s) {names}")
+
+
+def load_recipe(path: Path) -> Recipe:
+    """Read and check a recipe; raise RecipeError naming the file and the key on any problem."""
+    try:
+        content = path.read_text()
+    except OSError as error:
+        raise RecipeError(f"cannot read recipe {path}: {error}") from error
+    try:
+        data = tomllib.loads(content)
+    except tomllib.TOMLDecodeError as error:
+        raise RecipeError(f"{path}: invalid TOML: {error}") from error
+    return parse_recipe(data, path, content)
+
+
+def parse_recipe(data: dict[str, Any], path: Path, content: str = "") -> Recipe:
+    root = _Section(path, "", data)
+    model = root.section("model")
+    labels = model.strings("labels", ())
+    if not labels:
+        raise RecipeError(f"{path}: model.labels is empty; list the keywords to train")
+    if len(set(labels)) != len(labels):
+        raise RecipeError(f"{path}: model.labels contains duplicates: {list(labels)}")
+    if not [label for label in labels if label not in NON_KEYWORD_LABELS]:
+        raise RecipeError(f"{path}: model.labels has no keyword besides {SILENCE_LABEL} and "
+                          f"{UNKNOWN_LABEL}")
+    for label in labels:
+        if not label or label != label.strip():
+            raise RecipeError(f"{path}: model.labels contains an invalid label {label!r}")
+    model_id = model.get("id", "", str)
+    if not model_id:
+        raise RecipeError(f"{path}: model.id is missing")
+    version = model.get("version", "1", str)
+    model.check_unknown()
+
+    seed = root.integer("seed", 0, 0)
+
+    frontend_section = root.section("frontend")
+    try:
+        frontend = FrontendParams.from_dict(frontend_section.data)
+    except (TypeError, ValueError) as error:
+        raise RecipeError(f"{path}: [frontend]: {error}") from error
+    except Exception as error:  # ModelCardError from FrontendParams checks
+        raise RecipeError(f"{path}: [frontend]: {error}") from error
+
+    smoother_section = root.section("smoother")
+    smoother = None
+    if smoother_section.data:
+        try:
+            smoother = SmootherSettings.from_dict(smoother_section.data)
+        except Exception as error:
+            raise RecipeError(f"{path}: [smoother]: {error}") from error
+
+    voices = _parse_voices(root, path)
+
+    words = root.section("words")
+    unknown_words_file = words.get("word_list", "/usr/share/dict/words", str)
+    unknown_word_pool = words.integer("pool", 4000, 0)
+    confusable = words.strings("confusable", ())
+    excluded = words.strings("excluded", ())
+    words.check_unknown()
+    if UNKNOWN_LABEL in labels and not Path(unknown_words_file).is_file():
+        raise RecipeError(
+            f"{path}: words.word_list {unknown_words_file} not found "
+            f"(install Debian's wamerican or name another list of words)"
+        )
+
+    silence = root.section("silence")
+    silence_clips = {split: silence.integer(split, 0, 0) for split in SPLITS}
+    silence.check_unknown()
+
+    augment = _parse_augment(root.section("augment"), path)
+    architecture = _parse_architecture(root.section("architecture"))
+    train_section = root.section("train")
+    train = TrainSpec(
+        epochs=train_section.integer("epochs", 20, 1),
+        batch_size=train_section.integer("batch_size", 128, 1),
+        learning_rate=train_section.number("learning_rate", 0.003, 1e-6, 1.0),
+        label_smoothing=train_section.number("label_smoothing", 0.05, 0.0, 0.5),
+        representative_windows=train_section.integer("representative_windows", 500, 1),
+    )
+    train_section.check_unknown()
+    threshold_section = root.section("thresholds")
+    thresholds = ThresholdSpec(
+        max_false_accept=threshold_section.number("max_false_accept", 0.005, 0.0, 1.0),
+        minimum=threshold_section.number("minimum", 0.5, 0.01, 1.0),
+        maximum=threshold_section.number("maximum", 0.95, 0.01, 1.0),
+    )
+    threshold_section.check_unknown()
+    evaluation_section = root.section("evaluation")
+    evaluation = EvaluationSpec(
+        allison_dir=evaluation_section.get("allison_dir", EvaluationSpec.allison_dir, str),
+        keyword_excludes=evaluation_section.strings("keyword_excludes", ()),
+    )
+    evaluation_section.check_unknown()
+    root.check_unknown()
+
+    for split in ("train", "validation"):
+        if not [v for v in voices if v.split == split]:
+            raise RecipeError(f"{path}: no voice in the {split} split")
+
+    return Recipe(
+        path=path, content=content, id=model_id, version=version, labels=tuple(labels),
+        seed=seed, frontend=frontend, smoother=smoother, voices=tuple(voices),
+        unknown_words_file=unknown_words_file, unknown_word_pool=unknown_word_pool,
+        confusable_words=confusable, excluded_words=excluded, silence_clips=silence_clips,
+        augment=augment, architecture=architecture, train=train, thresholds=thresholds,
+        evaluation=evaluation,
+    )
+
+
+def _parse_voices(root: _Section, path: Path) -> list[VoiceSpec]:
+    """Read [engines.NAME] defaults and the [[voices]] list."""
+    engines = root.section("engines")
+    defaults: dict[str, _Section] = {}
+    for engine in list(engines.data):
+        if engine not in ENGINES:
+            raise RecipeError(f"{path}: unknown engine engines.{engine} "
+                              f"(known: {', '.join(ENGINES)})")
+        defaults[engine] = engines.section(engine)
+    engines.check_unknown()
+
+    root.used.add("voices")
+    entries = root.data.get("voices", [])
+    if not isinstance(entries, list) or not entries:
+        raise RecipeError(f"{path}: [[voices]] is missing; list at least one voice per split")
+    voices: list[VoiceSpec] = []
+    seen: set[str] = set()
+    for index, entry in enumerate(entries):
+        section = _Section(path, f"voices[{index}]", entry)
+        engine = section.get("engine", "", str)
+        if engine not in ENGINES:
+            raise RecipeError(f"{path}: voices[{index}].engine {engine!r} is unknown "
+                              f"(known: {', '.join(ENGINES)})")
+        base = defaults.get(engine) or _Section(path, f"engines.{engine}", {})
+        name = section.get("name", "", str)
+        if not name:
+            raise RecipeError(f"{path}: voices[{index}].name is missing")
+        split = section.get("split", "", str)
+        if split not in SPLITS:
+            raise RecipeError(f"{path}: voices[{index}].split must be one of "
+                              f"{', '.join(SPLITS)}, got {split!r}")
+
+        def pick(key: str, reader: str, *args: Any) -> Any:
+            source = section if key in section.data else base
+            return getattr(source, reader)(key, *args)
+
+        voice = VoiceSpec(
+            engine=engine, name=name, split=split,
+            renditions=pick("renditions", "integer", 20, 1),
+            unknown_words=pick("unknown_words", "integer", 100, 0),
+            sentences=pick("sentences", "integer", 10, 0),
+            variants=pick("variants", "strings", ()),
+            speed_range=pick("speed_range", "pair", (0.85, 1.2)),
+            pitch_range=pick("pitch_range", "pair", (0.8, 1.25)),
+            options=dict(pick("options", "get", {}, dict)),
+        )
+        section.check_unknown()
+        if voice.key in seen:
+            raise RecipeError(f"{path}: voice {voice.key} is listed twice")
+        seen.add(voice.key)
+        voices.append(voice)
+    for engine, base in defaults.items():
+        base.used.update({"renditions", "unknown_words", "sentences", "variants", "speed_range",
+                          "pitch_range", "options"})
+        base.check_unknown()
+    return voices
+
+
+def _parse_augment(section: _Section, path: Path) -> AugmentSpec:
+    default = AugmentSpec()
+    spec = AugmentSpec(
+        copies=section.integer("copies", default.copies, 1, 100),
+        noise_probability=section.number("noise_probability", default.noise_probability, 0, 1),
+        snr_db=section.pair("snr_db", default.snr_db),
+        noise_floor_probability=section.number(
+            "noise_floor_probability", default.noise_floor_probability, 0, 1),
+        noise_floor_dbfs=section.pair("noise_floor_dbfs", default.noise_floor_dbfs),
+        ambient_probability=section.number(
+            "ambient_probability", default.ambient_probability, 0, 1),
+        ambient_files=section.strings("ambient_files", ()),
+        level_dbfs=section.pair("level_dbfs", default.level_dbfs),
+        shift_ms=section.integer("shift_ms", default.shift_ms, 0, 500),
+        speed_probability=section.number("speed_probability", default.speed_probability, 0, 1),
+        speed_range=section.pair("speed_range", default.speed_range),
+        reverb_probability=section.number(
+            "reverb_probability", default.reverb_probability, 0, 1),
+        rt60_range_s=section.pair("rt60_range_s", default.rt60_range_s),
+        telephone_probability=section.number(
+            "telephone_probability", default.telephone_probability, 0, 1),
+        microphone_probability=section.number(
+            "microphone_probability", default.microphone_probability, 0, 1),
+        context_probability=section.number(
+            "context_probability", default.context_probability, 0, 1),
+        eval_snr_db=section.pair("eval_snr_db", default.eval_snr_db),
+    )
+    section.check_unknown()
+    for name in spec.ambient_files:
+        if not Path(name).is_file():
+            raise RecipeError(f"{path}: augment.ambient_files: noise file {name} not found")
+    return spec
+
+
+def _parse_architecture(section: _Section) -> ArchitectureSpec:
+    default = ArchitectureSpec()
+    kernel = section.pair("first_kernel", default.first_kernel, ordered=False)
+    stride = section.pair("first_stride", default.first_stride, ordered=False)
+    raw_blocks = section.get("blocks", [list(b) for b in default.blocks], list)
+    blocks: list[tuple[int, int]] = []
+    for block in raw_blocks:
+        if (not isinstance(block, list) or len(block) != 2
+                or not all(isinstance(v, int) and v > 0 for v in block)):
+            raise RecipeError(f"{section.source}: architecture.blocks entries must be "
+                              f"[filters, stride] with positive integers, got {block!r}")
+        blocks.append((block[0], block[1]))
+    spec = ArchitectureSpec(
+        first_filters=section.integer("first_filters", default.first_filters, 1, 512),
+        first_kernel=(int(kernel[0]), int(kernel[1])),
+        first_stride=(int(stride[0]), int(stride[1])),
+        blocks=tuple(blocks),
+        dropout=section.number("dropout", default.dropout, 0.0, 0.9),
+    )
+    section.check_unknown()
+    return spec

@@ -1,0 +1,109 @@
+"""The human-readable model card (``NAME.md``), written from the JSON card after training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from kwstream.modelcard import ModelCard
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 100:.1f}%"
+
+
+def render_markdown(card: ModelCard) -> str:
+    metrics: dict[str, Any] = card.metrics
+    test = metrics.get("test_voices", {})
+    validation = metrics.get("validation_voices", {})
+    allison = metrics.get("allison", {})
+    voices = card.data.get("voices", {})
+    lines = [
+        f"# {card.id} (version {card.version})",
+        "",
+        f"An int8 keyword-spotting model for microcontrollers and the kwstream service. It "
+        f"tells apart {len(card.keywords)} keywords ({', '.join(card.keywords)}), silence "
+        f"(`_silence_`) and other speech (`_unknown_`) in 1-s windows of "
+        f"{card.frontend.window_rows} log-mel rows x {card.frontend.num_bands} bands "
+        f"({card.frontend.normalization} normalization).",
+        "",
+        "## Size",
+        "",
+        f"- file: {card.size_bytes} bytes; TFLite Micro arena: {card.arena_bytes} bytes "
+        f"(smallest arena that allocates and runs, measured with the tflite-micro package)",
+        f"- ops: {', '.join(metrics.get('ops', []))}; input and output int8",
+        "",
+        "## Training data",
+        "",
+        "All training speech is synthesized offline; no recording of a person is used for "
+        "training. Voices are split by speaker (a voice with all its variants, speeds and "
+        "pitches stays in one split):",
+        "",
+    ]
+    for split in ("train", "validation", "test"):
+        lines.append(f"- {split}: {', '.join(voices.get(split, [])) or 'none'}")
+    lines += [
+        "",
+        f"Thresholds and the choice of epoch use the validation voices only. "
+        f"Threshold rule: {metrics.get('threshold_rule', 'n/a')}.",
+        "",
+        "## Measured",
+        "",
+        f"Measured by `kwstream train` with {metrics.get('runtime', 'LiteRT')}, on "
+        f"{metrics.get('machine', 'n/a')}.",
+        "",
+        "| set | clips | accuracy | lowest keyword recall |",
+        "|---|---|---|---|",
+        f"| test voices (held out) | {test.get('clips', 'n/a')} | "
+        f"{_percent(test.get('accuracy'))} | {_percent(test.get('min_keyword_recall'))} |",
+        f"| validation voices (used for thresholds) | {validation.get('clips', 'n/a')} | "
+        f"{_percent(validation.get('accuracy'))} | "
+        f"{_percent(validation.get('min_keyword_recall'))} |",
+    ]
+    for key, title in (("digits_silence_padded", "Allison digits, silence-padded"),
+                       ("digits_context_padded", "Allison digits, context-padded")):
+        if key in allison:
+            entry = allison[key]
+            lines.append(f"| {title} (real speech) | {entry['clips']} | "
+                         f"{_percent(entry['accuracy'])} | |")
+    prompts = allison.get("non_keyword_prompts")
+    if prompts:
+        lines += [
+            "",
+            f"Allison's non-keyword prompts ({prompts['prompts']} prompts, "
+            f"{prompts['excluded_prompts']} others left out because their name or transcript "
+            f"contains a keyword or a number): {_percent(prompts['clip_false_accept_share'])} "
+            f"of {prompts['clips']} 1-s clips are classified as a keyword at or above its "
+            f"threshold; {_percent(prompts['prompt_false_accept_share'])} of the prompts have "
+            f"at least one such clip.",
+        ]
+    agreement = metrics.get("kernel_agreement", {})
+    if agreement:
+        lines += [
+            "",
+            f"LiteRT's default (XNNPACK) kernels and its reference kernels choose the same top "
+            f"class on {_percent(agreement.get('default_vs_reference_top_class'))} of "
+            f"{agreement.get('windows')} test windows; TFLite Micro matches the reference "
+            f"kernels exactly (tests/test_model_tflm.py).",
+        ]
+    timings = metrics.get("wall_seconds", {})
+    if timings:
+        lines += ["", f"Training wall time: {timings.get('total', 'n/a')} s in total "
+                      f"({', '.join(f'{k} {v} s' for k, v in timings.items() if k != 'total')})."]
+    lines += [
+        "",
+        "## Limits",
+        "",
+        "- Trained on synthetic voices only; the only real-speech check is one female US "
+        "speaker (Allison, asterisk-core-sounds-en), and only the digits among the keywords.",
+        "- The Allison digit sets are small (10 silence-padded clips, 30 context-padded), so "
+        "one clip moves the accuracy by 10 or 3.3 points.",
+        "- Clip accuracy is not streaming accuracy: replay labeled streams with "
+        "`kwstream replay` to measure precision and recall with the smoother.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_markdown(card: ModelCard, path: Path) -> None:
+    path.write_text(render_markdown(card))

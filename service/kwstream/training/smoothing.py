@@ -1,0 +1,154 @@
+"""Choose the smoother defaults on a stream built from validation voices.
+
+The stream strings validation words (keywords and non-keyword words) together with pauses,
+runs the int8 model on every hop, and replays the posteriors through a smoother and detector
+that follow the model card's definitions:
+
+- the smoothed score of an inference is the mean of the posteriors of the inferences whose
+  window ends within the last ``average_window_ms``, and exists once ``minimum_count`` of
+  them are there;
+- the keyword with the highest smoothed score is detected when that score reaches its
+  threshold and the previous detection is at least ``suppression_ms`` earlier;
+- a detection matches an unmatched reference of the same keyword when
+  ``start_ms <= time_ms <= end_ms + tolerance_ms``; any other detection is a false positive.
+
+The settings with the best F1 (then the fewest false positives) become the card's defaults.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kwstream.frontend import FrontendParams, feature_windows
+from kwstream.modelcard import SmootherSettings
+from kwstream.training import augment
+from kwstream.training.corpus import stable_seed
+
+log = logging.getLogger(__name__)
+
+TOLERANCE_MS = 1000
+AVERAGE_WINDOWS_MS = (100, 200, 300, 500)
+INFERENCE_STRIDES = (1, 2, 3)
+MINIMUM_COUNTS = (1, 2, 3)
+SUPPRESSIONS_MS = (750, 1000)
+
+
+@dataclass
+class Reference:
+    label: int
+    start_ms: float
+    end_ms: float
+
+
+def build_stream(words: list[tuple[int, np.ndarray]], seed: int,
+                 count: int) -> tuple[np.ndarray, list[Reference]]:
+    """Concatenate up to ``count`` random words with 0.4 to 1.5 s pauses and a noise floor."""
+    rng = np.random.default_rng(stable_seed(seed, "validation-stream"))
+    order = rng.permutation(len(words))[:count]
+    pieces: list[np.ndarray] = []
+    references: list[Reference] = []
+    position = 0
+    for index in order:
+        label, word = words[int(index)]
+        pause = np.zeros(int(rng.uniform(0.4, 1.5) * augment.SAMPLE_RATE), np.float32)
+        word = augment.set_level(rng, word, (-30.0, -6.0))
+        pieces += [pause, word]
+        start = position + pause.size
+        references.append(Reference(label, start * 1000 / augment.SAMPLE_RATE,
+                                    (start + word.size) * 1000 / augment.SAMPLE_RATE))
+        position = start + word.size
+    pieces.append(np.zeros(augment.SAMPLE_RATE, np.float32))
+    stream = np.concatenate(pieces)
+    stream = augment.add_noise_floor(rng, stream, (-70.0, -55.0))
+    return stream, references
+
+
+def detect(posteriors: np.ndarray, end_ms: np.ndarray, keyword_ids: np.ndarray,
+           thresholds: np.ndarray, settings: SmootherSettings) -> list[tuple[int, float]]:
+    """Run the smoother and detector over posteriors (n, classes); return (label, time_ms)."""
+    cumulative = np.concatenate([np.zeros((1, posteriors.shape[1])),
+                                 np.cumsum(posteriors, axis=0)])
+    first = np.searchsorted(end_ms, end_ms - settings.average_window_ms, side="right")
+    counts = np.arange(1, len(end_ms) + 1) - first
+    smoothed = (cumulative[1:] - cumulative[first]) / np.maximum(counts, 1)[:, None]
+    scores = smoothed[:, keyword_ids]
+    best = scores.argmax(axis=1)
+    best_score = scores[np.arange(len(best)), best]
+    candidates = np.flatnonzero((counts >= settings.minimum_count)
+                                & (best_score >= thresholds[best]))
+    events = []
+    last = -np.inf
+    for i in candidates:
+        if end_ms[i] - last >= settings.suppression_ms:
+            events.append((int(keyword_ids[best[i]]), float(end_ms[i])))
+            last = end_ms[i]
+    return events
+
+
+def score(events: list[tuple[int, float]], references: list[Reference],
+          keyword_ids: set[int]) -> dict[str, Any]:
+    matched = [False] * len(references)
+    true_positives = 0
+    for label, time_ms in events:
+        for number, reference in enumerate(references):
+            if (not matched[number] and reference.label == label
+                    and reference.start_ms <= time_ms <= reference.end_ms + TOLERANCE_MS):
+                matched[number] = True
+                true_positives += 1
+                break
+    positives = sum(1 for r in references if r.label in keyword_ids)
+    false_positives = len(events) - true_positives
+    precision = true_positives / len(events) if events else None
+    recall = true_positives / positives if positives else None
+    f1 = (2 * precision * recall / (precision + recall)
+          if precision and recall else None)
+    return {"tp": true_positives, "fp": false_positives, "fn": positives - true_positives,
+            "precision": precision, "recall": recall, "f1": f1}
+
+
+def tune(model_path: Path, frontend: FrontendParams, words: list[tuple[int, np.ndarray]],
+         labels: tuple[str, ...], thresholds: dict[str, float], seed: int,
+         count: int = 400) -> tuple[SmootherSettings, dict[str, Any]]:
+    """Pick the smoother settings with the best streaming F1 on validation words."""
+    from kwstream.training.export import run_litert
+
+    stream, references = build_stream(words, seed, count)
+    windows = feature_windows(stream, frontend, stride_rows=1)
+    posteriors = run_litert(model_path, windows)
+    end_ms = ((np.arange(len(windows)) + frontend.window_rows - 1) * frontend.hop_ms
+              + frontend.window_ms).astype(np.float64)
+    keyword_ids = np.array([i for i, label in enumerate(labels) if label in thresholds])
+    threshold_values = np.array([thresholds[labels[i]] for i in keyword_ids])
+    results = []
+    for average, stride, minimum, suppression in itertools.product(
+            AVERAGE_WINDOWS_MS, INFERENCE_STRIDES, MINIMUM_COUNTS, SUPPRESSIONS_MS):
+        settings = SmootherSettings(average_window_ms=average, suppression_ms=suppression,
+                                    minimum_count=minimum, inference_stride=stride)
+        # The first inference runs on the first complete window; later ones every stride hops.
+        events = detect(posteriors[::stride], end_ms[::stride], keyword_ids,
+                        threshold_values, settings)
+        results.append((settings, score(events, references, set(keyword_ids.tolist()))))
+    best_settings, best = max(results, key=lambda item: ((item[1]["f1"] or 0.0),
+                                                        -item[1]["fp"],
+                                                        -item[0].inference_stride))
+    duration_s = stream.size / augment.SAMPLE_RATE
+    summary = {
+        "stream_seconds": round(duration_s, 1),
+        "words": len(references),
+        "keywords": int(sum(1 for r in references if r.label in set(keyword_ids.tolist()))),
+        "chosen": best,
+        "false_accepts_per_hour": best["fp"] / (duration_s / 3600.0),
+        "grid": {"average_window_ms": AVERAGE_WINDOWS_MS, "inference_stride": INFERENCE_STRIDES,
+                 "minimum_count": MINIMUM_COUNTS, "suppression_ms": SUPPRESSIONS_MS},
+    }
+    log.info("smoother: average %d ms, stride %d, minimum %d, suppression %d ms: F1 %s on %d "
+             "validation words", best_settings.average_window_ms, best_settings.inference_stride,
+             best_settings.minimum_count, best_settings.suppression_ms, best["f1"],
+             len(references))
+    return best_settings, summary

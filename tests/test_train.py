@@ -1,0 +1,137 @@
+"""End-to-end training of a tiny model: synthesis, features, training, int8 export, card."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kwstream.cli import main
+from kwstream.errors import RecipeError
+from kwstream.modelcard import load_card
+from kwstream.training.recipe import load_recipe
+
+TINY_RECIPE = Path(__file__).parent / "data" / "tiny.toml"
+
+needs_voices = pytest.mark.skipif(
+    shutil.which("espeak-ng") is None or shutil.which("flite") is None,
+    reason="needs the espeak-ng and flite binaries",
+)
+
+
+def _tensorflow_available() -> bool:
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+@needs_voices
+@pytest.mark.skipif(not _tensorflow_available(), reason="needs the train extra (TensorFlow)")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_train_tiny_model_end_to_end(tmp_path: Path) -> None:
+    out_dir = tmp_path / "out"
+    status = main(["train", "--recipe", str(TINY_RECIPE), "--cache", str(tmp_path / "cache"),
+                   "--out", str(out_dir)])
+    assert status == 0
+
+    model_path = out_dir / "tiny.tflite"
+    card = load_card(model_path)
+    assert card.labels == ["_silence_", "_unknown_", "yes", "no", "up"]
+    assert set(card.thresholds) == {"yes", "no", "up"}
+    assert card.size_bytes == model_path.stat().st_size
+    assert card.quantization["input_dtype"] == "int8"
+    assert card.quantization["output_dtype"] == "int8"
+    assert card.quantization["input_shape"][0] == -1
+    assert card.data["voices"]["test"] == ["flite:rms"]
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(model_path))
+    assert interpreter.get_input_details()[0]["dtype"] == np.int8
+    assert interpreter.get_output_details()[0]["dtype"] == np.int8
+    ops = {detail["op_name"] for detail in interpreter._get_ops_details()}
+    assert "QUANTIZE" not in ops
+    assert "DEQUANTIZE" not in ops
+    for detail in interpreter.get_tensor_details():
+        if detail["name"] and detail["dtype"] == np.float32:
+            pytest.fail(f"float32 tensor {detail['name']} in an int8 model")
+
+    metrics = json.loads(model_path.with_suffix(".json").read_text())["metrics"]
+    assert metrics["test_voices"]["clips"] > 0
+    assert 0.0 <= metrics["test_voices"]["accuracy"] <= 1.0
+
+
+def test_recipe_rejects_unknown_engine(tmp_path: Path) -> None:
+    recipe = tmp_path / "bad.toml"
+    recipe.write_text(TINY_RECIPE.read_text().replace('engine = "flite"\nname = "rms"',
+                                                      'engine = "sapi"\nname = "rms"'))
+    with pytest.raises(RecipeError, match="sapi"):
+        load_recipe(recipe)
+
+
+def test_recipe_rejects_empty_labels(tmp_path: Path) -> None:
+    recipe = tmp_path / "bad.toml"
+    recipe.write_text(TINY_RECIPE.read_text().replace(
+        'labels = ["_silence_", "_unknown_", "yes", "no", "up"]', "labels = []"))
+    with pytest.raises(RecipeError, match="labels"):
+        load_recipe(recipe)
+
+
+def test_recipe_rejects_misspelled_key(tmp_path: Path) -> None:
+    recipe = tmp_path / "bad.toml"
+    recipe.write_text(TINY_RECIPE.read_text().replace("copies = 1", "copys = 1"))
+    with pytest.raises(RecipeError, match="augment.copys"):
+        load_recipe(recipe)
+
+
+def test_recipe_rejects_missing_noise_file(tmp_path: Path) -> None:
+    recipe = tmp_path / "bad.toml"
+    recipe.write_text(TINY_RECIPE.read_text().replace(
+        "copies = 1", f'copies = 1\nambient_files = ["{tmp_path / "absent.wav"}"]'))
+    with pytest.raises(RecipeError, match="absent.wav"):
+        load_recipe(recipe)
+
+
+def test_corrupt_noise_file_is_named(tmp_path: Path) -> None:
+    from kwstream.training.dataset import load_ambient
+
+    corrupt = tmp_path / "hum.wav"
+    corrupt.write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot audio")
+    with pytest.raises(RecipeError, match="hum.wav"):
+        load_ambient((str(corrupt),))
+
+
+@needs_voices
+def test_unknown_voice_is_named(tmp_path: Path) -> None:
+    from kwstream.training.pipeline import check_voices
+
+    recipe = tmp_path / "bad.toml"
+    recipe.write_text(TINY_RECIPE.read_text().replace('name = "rms"', 'name = "hal9000"'))
+    with pytest.raises(RecipeError, match="hal9000"):
+        check_voices(load_recipe(recipe))
+
+
+def test_missing_tts_binary_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kwstream.training.pipeline import check_voices
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(RecipeError, match="espeak-ng"):
+        check_voices(load_recipe(TINY_RECIPE))
+
+
+def test_cli_reports_recipe_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    recipe = tmp_path / "bad.toml"
+    recipe.write_text("[model]\nid = \"x\"\nlabels = []\n")
+    status = main(["train", "--recipe", str(recipe), "--out", str(tmp_path / "out")])
+    assert status == 2
+    error = capsys.readouterr().err
+    assert "labels" in error
+    assert len(error.strip().splitlines()) == 1
