@@ -463,6 +463,7 @@ def read_retained(broker: Broker, topic: str) -> bytes | None:
     return payloads[0] if payloads else None
 
 
+@pytest.mark.broker
 def test_mosquitto_rejects_anonymous(shipped_broker: Broker) -> None:
     client, reason = mqtt_connect(shipped_broker, None, None)
     client.disconnect()
@@ -472,6 +473,7 @@ def test_mosquitto_rejects_anonymous(shipped_broker: Broker) -> None:
     assert str(reason) == "Not authorized"
 
 
+@pytest.mark.broker
 def test_mosquitto_rejects_wrong_password(shipped_broker: Broker) -> None:
     client, reason = mqtt_connect(shipped_broker, "kwstream", "wrong-password")
     client.disconnect()
@@ -480,6 +482,7 @@ def test_mosquitto_rejects_wrong_password(shipped_broker: Broker) -> None:
     assert reason.is_failure
 
 
+@pytest.mark.broker
 def test_mosquitto_keeps_retained_across_restart(shipped_broker: Broker) -> None:
     client, reason = mqtt_connect(shipped_broker, "kwstream", "test-password")
     try:

@@ -287,6 +287,7 @@ def variable_values(server: PrometheusServer, values: dict[str, str]) -> dict[st
 
 
 @pytest.mark.prometheus
+@pytest.mark.broker
 @pytest.mark.skipif(not default_model_path().exists(), reason="no shipped model yet")
 def test_dashboard_queries_on_live_replay(
     prometheus_server: PrometheusServer, mosquitto: Any, tmp_path: Path  # noqa: F811
