@@ -12,6 +12,7 @@ import asyncio
 import collections
 import logging
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -157,6 +158,10 @@ class FileSource:
         self.path = Path(path)
         self.speed = speed
         self.block_ms = block_ms
+        if not self.path.exists():
+            raise AudioError(f"audio file not found: {self.path}")
+        if not self.path.is_file():
+            raise AudioError(f"{self.path}: not a regular file")
         try:
             info = soundfile.info(str(self.path))
         except FileNotFoundError as error:
@@ -173,12 +178,19 @@ class FileSource:
             f"{info.duration:.1f} s)"
         )
         self.samples_delivered = 0
+        self.truncation = _declared_versus_actual(info.extra_info)
 
     async def run(self, buffer: BlockBuffer) -> None:
         try:
             await self._deliver(buffer)
         finally:
             buffer.close()
+        if self.truncation is not None:
+            declared, actual = self.truncation
+            raise AudioError(
+                f"{self.path}: truncated: the header declares {declared} bytes of audio data but "
+                f"the file holds {actual}; the audio before the cut was processed"
+            )
 
     async def _deliver(self, buffer: BlockBuffer) -> None:
         resampler = None
@@ -213,6 +225,19 @@ class FileSource:
                 f"{self.path}: truncated: the header declares {self.declared_frames} frames "
                 f"but only {frames_read} could be read"
             )
+
+
+def _declared_versus_actual(sndfile_log: str) -> tuple[int, int] | None:
+    """Find libsndfile's note that a WAV data chunk is shorter than its header declares.
+
+    libsndfile reads a truncated WAV without an error and logs ``data : 128000 (should be
+    63978)`` instead; soundfile exposes that log as ``info.extra_info``.
+    """
+    match = re.search(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", sndfile_log, re.MULTILINE)
+    if match is None:
+        return None
+    declared, actual = int(match.group(1)), int(match.group(2))
+    return (declared, actual) if actual < declared else None
 
 
 class StdinSource:
