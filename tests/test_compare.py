@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from kwstream.cli import main
 from kwstream.compare import ALL, common_labels, label_sets
 from kwstream.compare_policy import decide, parse_policy

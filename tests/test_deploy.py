@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from kwstream.config import load_config
 from kwstream.modelcard import default_model_path
-
 from tests.prometheus_fixture import free_port
 from tests.support import silence, write_wav
 

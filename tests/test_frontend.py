@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from kwstream.errors import ModelCardError
 from kwstream.frontend import (
     FrontendParams,

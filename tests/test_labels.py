@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from kwstream.errors import LabelFileError
 from kwstream.labels import Label, read_labels, write_labels
 

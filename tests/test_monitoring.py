@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import pytest
 import soundfile
+
 from kwstream.metrics import Metrics
 from kwstream.modelcard import default_model_path, load_card
-
 from tests.prometheus_fixture import PrometheusServer, free_port, prometheus_server  # noqa: F401
 from tests.support import DIGIT_WORDS, decode_allison, silence, write_wav
 

@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import paho.mqtt.client as paho
 import pytest
+from prometheus_client import CollectorRegistry
+
 from kwstream.errors import ConfigError
 from kwstream.metrics import Metrics
 from kwstream.mqtt import PASSWORD_ENV, MqttSettings, MqttSink
-from prometheus_client import CollectorRegistry
 
 if TYPE_CHECKING:
     from conftest import MosquittoBroker, PasswordBroker, TlsBroker

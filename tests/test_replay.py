@@ -95,8 +95,8 @@ def test_block_size_does_not_change_events(tmp_path, audio_cache, capsys):
 
 
 def test_resampled_stereo_flac_is_read(tmp_path, audio_cache, capsys):
-    import soxr
     import soundfile
+    import soxr
 
     audio, _ = _digit_stream(audio_cache, [7])
     wav = write_wav(tmp_path / "seven.wav", audio)

@@ -5,6 +5,7 @@ import random
 from pathlib import Path
 
 import pytest
+
 from kwstream.cli import main
 from kwstream.errors import EventFileError
 from kwstream.events import Event, read_events, write_events

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from kwstream.modelcard import SmootherSettings
 from kwstream.smoother import PosteriorSmoother
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+
 from kwstream.cli import main
 from kwstream.errors import RecipeError
 from kwstream.labels import read_labels

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from kwstream.labels import Label
 from kwstream.modelcard import SmootherSettings
 from kwstream.smoother import PosteriorSmoother

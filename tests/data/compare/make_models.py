@@ -2,8 +2,8 @@
 
 The weights are random (seeded), so the models recognize nothing. The tests check the
 comparison's plumbing and decisions, not accuracy. The output layer's weights are scaled
-up so that the posteriors vary with the input and the models fire now and then. Run from the repository root with the training extra
-installed (TensorFlow):
+up so that the posteriors vary with the input and the models fire now and then. Run from
+the repository root with the training extra installed (TensorFlow):
 
     .venv/bin/python tests/data/compare/make_models.py
 
@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
 from kwstream.frontend import FrontendParams
 from kwstream.modelcard import ModelCard, SmootherSettings, file_sha256
 from kwstream.training import export
