@@ -23,7 +23,9 @@ PIPELINE_BUCKETS_S = (
 class Metrics:
     """All kwstream metrics, registered in one registry (a fresh one per test)."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, mqtt: bool = True) -> None:
+        """Create the metrics in ``registry`` (a new one if None); ``mqtt=False`` leaves out
+        the MQTT metrics, so a daemon without MQTT exports no always-zero connection gauge."""
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.inference_seconds = Histogram(
@@ -69,6 +71,11 @@ class Metrics:
         self.streaming_recall = Gauge(
             "kws_streaming_recall", "Recall so far against the reference labels.",
             ["model"], registry=r)
+        if mqtt:
+            self._create_mqtt_metrics()
+
+    def _create_mqtt_metrics(self) -> None:
+        r = self.registry
         self.mqtt_connected = Gauge(
             "kws_mqtt_connected", "1 while connected to the MQTT broker.", registry=r)
         self.mqtt_queue_depth = Gauge(

@@ -9,6 +9,7 @@ pending events are flushed and every sink is closed.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import signal
@@ -24,6 +25,8 @@ from kwstream.pipeline import Pipeline
 from kwstream.sources import SAMPLE_RATE, BlockBuffer, Source
 
 log = logging.getLogger(__name__)
+
+REALTIME_WINDOW_S = 10.0
 
 
 class Sink(Protocol):
@@ -128,6 +131,9 @@ async def run_pipeline(
                 pass
 
     events = 0
+    # (wall time, samples processed) of recent blocks: the real-time factor gauge covers the
+    # last REALTIME_WINDOW_S of wall time, so a slowdown shows within seconds.
+    recent: collections.deque[tuple[float, int]] = collections.deque()
     first_wall: float | None = None
     first_cpu = 0.0
     last_wall = last_cpu = 0.0
@@ -147,9 +153,13 @@ async def run_pipeline(
                     sink.emit(event)
                 events += 1
             last_wall, last_cpu = time.perf_counter(), time.process_time()
-            audio_s = (pipeline.samples_total - audio_start) / SAMPLE_RATE
-            if last_wall > first_wall:
-                metrics.realtime_factor.set(audio_s / (last_wall - first_wall))
+            recent.append((last_wall, pipeline.samples_total))
+            while len(recent) > 2 and last_wall - recent[1][0] >= REALTIME_WINDOW_S:
+                recent.popleft()
+            oldest_wall, oldest_samples = recent[0]
+            if len(recent) > 1 and last_wall > oldest_wall:
+                audio_s = (pipeline.samples_total - oldest_samples) / SAMPLE_RATE
+                metrics.realtime_factor.set(audio_s / (last_wall - oldest_wall))
             # Let other tasks (MQTT, the source) run between blocks, even at full speed.
             await asyncio.sleep(0)
     finally:

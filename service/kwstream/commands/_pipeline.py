@@ -154,7 +154,7 @@ def build_service(
 ) -> Service:
     """Load the models, build the pipeline and its sinks, and start the metrics endpoint."""
     primary, shadow = load_models(config)
-    metrics = Metrics()
+    metrics = Metrics(mqtt=bool(config.mqtt.url))
     scorers = scorers_for([m for m in (primary, shadow) if m is not None]) if scorers_for else None
     vad = VadSettings(enabled=config.vad.enabled, mode=config.vad.mode,
                       hangover_ms=config.vad.hangover_ms)
