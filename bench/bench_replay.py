@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -33,6 +33,7 @@ SETTINGS = [
     ("stride 1, VAD off", ["--stride", "1", "--no-vad"]),
     ("stride 2, VAD off", ["--stride", "2", "--no-vad"]),
     ("stride 2, VAD on", ["--stride", "2"]),
+    ("stride 2, VAD mode 3", ["--stride", "2", "--vad-mode", "3"]),
     ("stride 3, VAD on", ["--stride", "3"]),
     ("stride 4, VAD on", ["--stride", "4"]),
     ("default (card)", []),
@@ -50,29 +51,57 @@ def replay(audio: Path, labels: Path, flags: list[str], speed: str = "max") -> d
         return json.loads(report.read_text())
 
 
-def measure_daemon(audio: Path, labels: Path, seconds: float) -> dict:
-    """Replay the first ``seconds`` of the stream in real time; CPU share and peak RSS."""
+def _process_cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process, from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def measure_daemon(audio: Path, seconds: float, warmup_s: float = 10.0) -> dict:
+    """Replay the first ``seconds`` of the stream in real time with 40 ms blocks.
+
+    CPU is read from /proc between ``warmup_s`` and the end, so interpreter start-up and model
+    loading are left out; the peak resident memory covers the whole run.
+    """
     import soundfile
 
     with tempfile.TemporaryDirectory() as tmp:
         clip = Path(tmp) / "clip.wav"
         data, rate = soundfile.read(audio, dtype="int16", frames=int(seconds * 16000))
         soundfile.write(clip, data, rate)
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "kwstream", "--log-level", "WARNING", "replay",
-                        str(clip), "--speed", "realtime", "--threads", "1", "--block-ms", "40"],
-                       check=True, stdout=subprocess.DEVNULL)
-        wall = time.perf_counter() - started
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "kwstream", "--log-level", "WARNING", "replay", str(clip),
+             "--speed", "realtime", "--threads", "1", "--block-ms", "40"],
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            time.sleep(warmup_s)
+            cpu_start, wall_start = _process_cpu_seconds(process.pid), time.perf_counter()
+            time.sleep(max(1.0, seconds - warmup_s - 2.0))
+            cpu_end, wall_end = _process_cpu_seconds(process.pid), time.perf_counter()
+            peak_rss = _peak_rss_mb(process.pid)
+            process.wait(timeout=seconds + 30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    cpu = cpu_end - cpu_start
+    wall = wall_end - wall_start
     return {
         "audio_seconds": seconds,
-        "wall_seconds": round(wall, 2),
+        "measured_wall_seconds": round(wall, 2),
         "cpu_seconds": round(cpu, 3),
         "cpu_percent_of_one_core": round(100 * cpu / wall, 2),
-        "peak_rss_mb": round(after.ru_maxrss / 1024, 1),
-        "note": "CPU includes interpreter start-up and model loading",
+        "peak_rss_mb": round(peak_rss, 1),
+        "note": f"CPU from {warmup_s:.0f} s after start to 2 s before the end; "
+                "start-up and model loading excluded",
     }
 
 
@@ -138,9 +167,9 @@ def markdown(result: dict) -> str:
                      f"{fmt(peer['cpu_seconds_per_audio_hour'], 1)} |")
     daemon = result.get("daemon")
     if daemon:
-        lines += ["", f"Daemon replaying {daemon['audio_seconds']:.0f} s in real time (40 ms "
-                      f"blocks): {daemon['cpu_percent_of_one_core']}% of one core, peak resident "
-                      f"memory {daemon['peak_rss_mb']} MB ({daemon['note']})."]
+        lines += ["", f"Daemon pipeline replaying {daemon['audio_seconds']:.0f} s in real time "
+                      f"(40 ms blocks): {daemon['cpu_percent_of_one_core']}% of one core, peak "
+                      f"resident memory {daemon['peak_rss_mb']} MB ({daemon['note']})."]
     return "\n".join(lines) + "\n"
 
 
@@ -177,7 +206,7 @@ def main() -> None:
             result["peers"].append(peer)
             print(json.dumps(peer), file=sys.stderr)
     if args.daemon_seconds > 0:
-        result["daemon"] = measure_daemon(args.audio, args.labels, args.daemon_seconds)
+        result["daemon"] = measure_daemon(args.audio, args.daemon_seconds)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
