@@ -6,5 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3.11}
 [[ -x .venv-peers/bin/python ]] || "$PYTHON" -m venv .venv-peers
-.venv-peers/bin/python -m pip install -q "pymicro-wakeword==2.5.0" "openwakeword==0.4.0" \
+.venv-peers/bin/python -m pip install -q "pymicro-wakeword==2.5.0" "openwakeword==0.4.0" "pocketsphinx==5.1.1" \
     "onnxruntime" "soundfile" "numpy"
