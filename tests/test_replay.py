@@ -117,8 +117,9 @@ def test_labels_give_report_equal_to_offline_score(tmp_path, audio_cache, capsys
     label_file = _write_labels(tmp_path / "digits.csv", labels)
     events_file = tmp_path / "events.jsonl"
     report_file = tmp_path / "report.json"
+    page = tmp_path / "page" / "report.md"
     assert main(["replay", str(wav), "--labels", str(label_file), "--report", str(report_file),
-                 "--events", str(events_file)]) == 0
+                 "--events", str(events_file), "--markdown", str(page)]) == 0
     capsys.readouterr()
     report = json.loads(report_file.read_text())
     for key in ("audio_seconds", "wall_seconds", "cpu_seconds", "realtime_factor", "inference_ms",
@@ -128,6 +129,7 @@ def test_labels_give_report_equal_to_offline_score(tmp_path, audio_cache, capsys
     assert set(report["inference_ms"]) == {"p50", "p95", "p99"}
     assert report["audio_seconds"] == pytest.approx(audio.size / 16000, abs=0.01)
     assert report["tp"] + report["fn"] == 10
+    assert "## Per keyword" in page.read_text()
     assert report["tp"] >= 1
 
     offline_file = tmp_path / "offline.json"

@@ -40,6 +40,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--labels", type=Path, metavar="CSV",
                         help="reference label file: score the stream, live and at the end")
     parser.add_argument("--report", type=Path, metavar="JSON", help="write the report here")
+    parser.add_argument("--markdown", type=Path, metavar="PAGE",
+                        help="also write the report as a Markdown page (with the DET plot "
+                             "when --sweep is given)")
     parser.add_argument("--speed", choices=["max", "realtime"], default="max",
                         help="max: as fast as the CPU allows; realtime: paced like a microphone")
     parser.add_argument("--sweep", type=Path, metavar="DIR",
@@ -98,6 +101,10 @@ def handle(args: argparse.Namespace) -> int:
     if args.report is not None:
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(json.dumps(report, indent=2) + "\n")
+    if args.markdown is not None:
+        from kwstream.report_page import write_markdown_report
+
+        write_markdown_report(report, args.markdown, det_png=None)
     print_summary(report)
     if failure is not None:
         raise failure
