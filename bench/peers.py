@@ -26,7 +26,7 @@ def read_pcm(path: str) -> np.ndarray:
 
 
 def run_micro(model_name: str, pcm: np.ndarray) -> dict:
-    """pymicro-wakeword: 10 ms feature steps fed as 160-sample chunks, as its README does."""
+    """pymicro-wakeword: its own streaming features (10 ms steps) and detector, fed 1 s blocks."""
     from pymicro_wakeword import MicroWakeWord, MicroWakeWordFeatures, Model
 
     model = MicroWakeWord.from_builtin(Model(model_name))
