@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv-peers with the keyword spotters kwstream is measured against: the microWakeWord
-# models inside pymicro-wakeword, and openWakeWord 0.4.0 (the last release whose wheel still
-# contains its models, which later releases download at run time).
+# models inside pymicro-wakeword, openWakeWord 0.4.0 (the last release whose wheel still
+# contains its models, which later releases download at run time), and pocketsphinx, whose
+# wheel ships an English acoustic model for keyphrase search.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3.11}
