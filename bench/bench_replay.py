@@ -66,7 +66,7 @@ def _peak_rss_mb(pid: int) -> float:
 
 
 def measure_daemon(audio: Path, seconds: float, warmup_s: float = 10.0) -> dict:
-    """Replay the first ``seconds`` of the stream in real time with 40 ms blocks.
+    """Replay the first ``seconds`` of the stream in real time with 100 ms blocks, the daemon's default.
 
     CPU is read from /proc between ``warmup_s`` and the end, so interpreter start-up and model
     loading are left out; the peak resident memory covers the whole run.
@@ -79,7 +79,7 @@ def measure_daemon(audio: Path, seconds: float, warmup_s: float = 10.0) -> dict:
         soundfile.write(clip, data, rate)
         process = subprocess.Popen(
             [sys.executable, "-m", "kwstream", "--log-level", "WARNING", "replay", str(clip),
-             "--speed", "realtime", "--threads", "1", "--block-ms", "40"],
+             "--speed", "realtime", "--threads", "1", "--block-ms", "100"],
             stdout=subprocess.DEVNULL,
         )
         try:
@@ -168,7 +168,7 @@ def markdown(result: dict) -> str:
     daemon = result.get("daemon")
     if daemon:
         lines += ["", f"Daemon pipeline replaying {daemon['audio_seconds']:.0f} s in real time "
-                      f"(40 ms blocks): {daemon['cpu_percent_of_one_core']}% of one core, peak "
+                      f"(100 ms blocks): {daemon['cpu_percent_of_one_core']}% of one core, peak "
                       f"resident memory {daemon['peak_rss_mb']} MB ({daemon['note']})."]
     return "\n".join(lines) + "\n"
 

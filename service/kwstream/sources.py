@@ -304,7 +304,7 @@ class MicrophoneSource:
     opened again with a growing delay.
     """
 
-    def __init__(self, device: str | int | None = None, block_ms: int = 40,
+    def __init__(self, device: str | int | None = None, block_ms: int = 100,
                  metrics: Metrics | None = None, stall_timeout_s: float = 2.0,
                  reopen_max_s: float = 10.0) -> None:
         if block_ms <= 0:

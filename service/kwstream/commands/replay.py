@@ -52,7 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="a detection may come this long after its word ends (default 1000)")
     parser.add_argument("--block-ms", type=int, metavar="MS",
                         help="block length read from the file (default 1000 at max speed, "
-                             "40 in real time)")
+                             "100 in real time)")
     parser.add_argument("--stdin-rate", type=int, default=16000, metavar="HZ",
                         help="sample rate of raw PCM on stdin (default 16000)")
     parser.add_argument("--stdin-channels", type=int, default=1, metavar="N",
@@ -68,7 +68,7 @@ def handle(args: argparse.Namespace) -> int:
     if args.sweep is not None and args.labels is None:
         raise ConfigError("--sweep needs --labels: a DET curve is measured against references")
 
-    block_ms = args.block_ms or (1000 if args.speed == "max" else 40)
+    block_ms = args.block_ms or (1000 if args.speed == "max" else 100)
     if args.audio == "-":
         source: Any = StdinSource(args.stdin_rate, args.stdin_channels, block_ms=block_ms)
     else:
