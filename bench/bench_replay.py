@@ -184,10 +184,15 @@ def main() -> None:
     parser.add_argument("--markdown", type=Path, help="write the results table as Markdown")
     args = parser.parse_args()
 
+    from kwstream.modelcard import default_model_path, load_card
+
+    card = load_card(default_model_path())
     result: dict = {
         "audio": str(args.audio),
-        "machine": f"{platform.machine()}, {platform.processor() or 'unknown CPU'}, "
-                   f"Python {platform.python_version()}",
+        "model": f"{card.id} version {card.version}, sha256 {card.sha256[:12]}",
+        "machine": f"{platform.machine()}, {_cpu_name()}, {os.cpu_count()} cores, "
+                   f"Python {platform.python_version()}, load average "
+                   f"{os.getloadavg()[0]:.1f} at start",
         "date": time.strftime("%Y-%m-%d"),
         "kwstream": [],
         "peers": [],
@@ -216,11 +221,19 @@ def main() -> None:
     print(table)
 
 
+def _cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
 def replace_section(page: Path, name: str, table: str, result: dict) -> None:
     """Put the table between the page's ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->``."""
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-    header = (f"Measured {result['date']} on {result['machine']}, stream `{result['audio']}`, "
-              f"`--threads 1`, median of {result['kwstream'][0]['runs']} runs per setting.\n\n")
+    header = (f"Measured {result['date']} on {result['machine']}; model {result['model']}; "
+              f"stream `{result['audio']}`; `--threads 1`; median of "
+              f"{result['kwstream'][0]['runs']} runs per setting.\n\n")
     block = f"{begin}\n{header}{table}{end}"
     text = page.read_text() if page.exists() else f"# Benchmarks\n\n{begin}\n{end}\n"
     if begin not in text or end not in text:
