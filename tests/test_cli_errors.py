@@ -165,3 +165,29 @@ def test_invalid_toml(tmp_path):
 def test_missing_input_device():
     _assert_one_error(_run("run", "--input-device", "no-such-microphone-xyz"),
                       "no-such-microphone-xyz")
+
+
+@needs_model
+@pytest.mark.parametrize("url", ["mqtt://[fd00::5", "mqtt://a b", "http://127.0.0.1"])
+def test_invalid_mqtt_url(tmp_path, url):
+    audio = write_wav(tmp_path / "a.wav", np.zeros(16000, dtype=np.float32))
+    _assert_one_error(_run("replay", str(audio), "--mqtt", url), "invalid MQTT URL")
+
+
+@needs_model
+def test_report_path_through_a_file_rejected_before_replay(tmp_path):
+    audio = write_wav(tmp_path / "a.wav", np.zeros(16000, dtype=np.float32))
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    _assert_one_error(_run("replay", str(audio), "--report", str(blocker / "r.json")), "--report")
+
+
+@needs_model
+def test_zero_block_length_rejected(tmp_path):
+    audio = write_wav(tmp_path / "a.wav", np.zeros(16000, dtype=np.float32))
+    _assert_one_error(_run("replay", str(audio), "--block-ms", "0"), "block_ms must be positive")
+
+
+@needs_model
+def test_empty_stdin_is_an_error():
+    _assert_one_error(_run("replay", "-", stdin=b""), "no audio samples")

@@ -150,3 +150,38 @@ def test_vad_off_runs_more_inferences(tmp_path, audio_cache, capsys):
     assert main(["replay", str(wav), "--report", str(ungated), "--no-vad"]) == 0
     capsys.readouterr()
     assert json.loads(gated.read_text())["inferences"] < json.loads(ungated.read_text())["inferences"]
+
+
+def test_interrupted_replay_scores_only_processed_audio(tmp_path, audio_cache):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    audio, labels = _digit_stream(audio_cache, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+    wav = write_wav(tmp_path / "digits.wav", audio)
+    label_file = _write_labels(tmp_path / "digits.csv", labels)
+    report_file = tmp_path / "report.json"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kwstream", "--log-level", "ERROR", "replay", str(wav),
+         "--labels", str(label_file), "--speed", "realtime", "--report", str(report_file)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        time.sleep(4.0)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, stderr.decode()
+    report = json.loads(report_file.read_text())
+    assert report["partial"] is True
+    assert report["audio_seconds"] < audio.size / 16000 / 2
+    # A miss is decided once stream time passes the word's end plus the tolerance; a hit as soon
+    # as it is detected. References after the cut are neither.
+    audio_ms = report["audio_seconds"] * 1000
+    decided_misses = [end for _, _, end in labels if end + 1000 <= audio_ms]
+    started = [start for _, start, _ in labels if start <= audio_ms]
+    assert report["fn"] <= len(decided_misses)
+    assert report["tp"] + report["fn"] <= len(started)
+    assert report["tp"] + report["fn"] < len(labels)

@@ -48,5 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KwstreamError as error:
         print(f"kwstream {args.command}: error: {error}", file=sys.stderr)
         return EXIT_ERROR
+    except OSError as error:
+        # A file or folder that cannot be created or written (a path through a file, a full
+        # disk, no permission): the system's message names the path.
+        print(f"kwstream {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         return 130

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import random
+import re
 import secrets
 import time
 import urllib.parse
@@ -148,7 +149,11 @@ class MqttSettings:
         ``os.environ``). A password inside the URL is rejected, because command lines and
         config files end up in process lists and logs. Other fields keep their defaults.
         """
-        parts = urllib.parse.urlsplit(url)
+        try:
+            parts = urllib.parse.urlsplit(url)
+            parts.hostname  # noqa: B018 - parsing the host raises ValueError for bad brackets
+        except ValueError as error:
+            raise ConfigError(f"invalid MQTT URL {url!r}: {error}") from None
         if parts.password is not None:
             raise ConfigError(
                 f"invalid MQTT URL {_redact_password(url)}: it contains a password; give the "
@@ -165,6 +170,9 @@ class MqttSettings:
             raise ConfigError(f"invalid MQTT URL {url!r}: the port must be from 1 to 65535")
         if not parts.hostname:
             raise ConfigError(f"invalid MQTT URL {url!r}: the broker host is missing")
+        if not _HOST_PATTERN.fullmatch(parts.hostname):
+            raise ConfigError(
+                f"invalid MQTT URL {url!r}: {parts.hostname!r} is not a host name or IP address")
         if parts.path not in ("", "/") or parts.query or parts.fragment:
             raise ConfigError(
                 f"invalid MQTT URL {url!r}: expected mqtt://[user@]host[:port] with no path, "
@@ -183,6 +191,10 @@ class MqttSettings:
             topic_prefix=topic_prefix,
             queue_size=queue_size,
         )
+
+
+# A DNS name, an IPv4 address, or an IPv6 address (urlsplit has removed its brackets).
+_HOST_PATTERN = re.compile(r"[A-Za-z0-9._-]+|[0-9A-Fa-f:.]+(%[A-Za-z0-9._-]+)?")
 
 
 def _read_password(

@@ -95,6 +95,8 @@ class RunStats:
     events: int
     dropped_blocks: int
     error: BaseException | None = None
+    interrupted: bool = False
+    """True when SIGINT or SIGTERM stopped the source before the stream ended."""
     """What stopped the source early (a decoding error, say), after its audio was processed."""
 
     @property
@@ -122,10 +124,11 @@ async def run_pipeline(
     source_task = asyncio.create_task(source.run(buffer), name="kwstream-source")
     stop_signals = (signal.SIGINT, signal.SIGTERM)
     installed = []
+    stop_requests: list[int] = []
     if install_signal_handlers:
         for signum in stop_signals:
             try:
-                loop.add_signal_handler(signum, _request_stop, source_task, signum)
+                loop.add_signal_handler(signum, _request_stop, source_task, signum, stop_requests)
                 installed.append(signum)
             except (NotImplementedError, RuntimeError):
                 pass
@@ -177,11 +180,13 @@ async def run_pipeline(
         audio_seconds=(pipeline.samples_total - audio_start) / SAMPLE_RATE,
         wall_seconds=wall, cpu_seconds=cpu, events=events, dropped_blocks=buffer.dropped_blocks,
         error=source_error,
+        interrupted=bool(stop_requests),
     )
 
 
-def _request_stop(task: asyncio.Task[Any], signum: int) -> None:
+def _request_stop(task: asyncio.Task[Any], signum: int, requests: list[int]) -> None:
     log.info("received %s: stopping after the buffered audio", signal.Signals(signum).name)
+    requests.append(signum)
     task.cancel()
 
 

@@ -245,6 +245,8 @@ class StdinSource:
 
     def __init__(self, sample_rate: int = SAMPLE_RATE, channels: int = 1, block_ms: int = 100,
                  fd: int | None = None) -> None:
+        if block_ms <= 0:
+            raise ConfigError(f"block_ms must be positive, got {block_ms}")
         if sample_rate <= 0 or channels <= 0:
             raise ConfigError(
                 f"stdin sample rate and channels must be positive, got {sample_rate} and {channels}"

@@ -571,6 +571,8 @@ def make_stream(
     mix = mix or recipe.mix
     if duration_s <= 0:
         raise RecipeError(f"duration must be positive, got {duration_s} s")
+    if out.suffix.lower() not in (".wav", ".flac"):
+        raise RecipeError(f"{out}: the stream must be written as .wav or .flac, got {out.suffix!r}")
     total_samples = int(round(duration_s * SAMPLE_RATE))
     keywords, unknown, _ = load_recordings(recipe, cache_dir)
     plan_seed, noise_seed = np.random.SeedSequence(seed).spawn(2)

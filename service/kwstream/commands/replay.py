@@ -20,7 +20,7 @@ from kwstream.commands._pipeline import (
     scorer_factory,
 )
 from kwstream.config import ServiceConfig
-from kwstream.errors import ConfigError, KwstreamError
+from kwstream.errors import AudioError, ConfigError, KwstreamError
 from kwstream.pipeline import ModelChannel
 from kwstream.runner import RunStats, run_pipeline
 from kwstream.sources import FileSource, StdinSource
@@ -68,7 +68,16 @@ def handle(args: argparse.Namespace) -> int:
     if args.sweep is not None and args.labels is None:
         raise ConfigError("--sweep needs --labels: a DET curve is measured against references")
 
-    block_ms = args.block_ms or (1000 if args.speed == "max" else 100)
+    for option, path in (("--report", args.report), ("--markdown", args.markdown),
+                         ("--sweep", args.sweep)):
+        folder = path if option == "--sweep" else (path.parent if path is not None else None)
+        if folder is not None:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise ConfigError(f"{option} {path}: cannot create {folder}: {error}") from error
+    block_ms = args.block_ms if args.block_ms is not None else (
+        1000 if args.speed == "max" else 100)
     if args.audio == "-":
         source: Any = StdinSource(args.stdin_rate, args.stdin_channels, block_ms=block_ms)
     else:
@@ -92,6 +101,8 @@ def handle(args: argparse.Namespace) -> int:
     failure = stats.error
     if failure is not None and not isinstance(failure, KwstreamError):
         raise failure
+    if stats.audio_seconds == 0 and failure is None:
+        raise AudioError(f"{args.audio}: no audio samples were read")
 
     report = build_report(service, stats, labels is not None)
     if failure is not None:
@@ -143,7 +154,15 @@ def channel_report(channel: ModelChannel, stats: RunStats, scored: bool) -> dict
         "inference_ms": percentiles_ms(channel.inference_ms),
     }
     if scored and channel.scorer is not None:
-        score = channel.scorer.finish(stats.audio_seconds)
+        if stats.interrupted or stats.error is not None:
+            # The stream stopped early: score only what the processed audio decided, so the
+            # references after the cut are not counted as misses.
+            audio_ms = stats.audio_seconds * 1000.0
+            channel.scorer.advance(audio_ms)
+            score = channel.scorer.report(stats.audio_seconds)
+            report["partial"] = True
+        else:
+            score = channel.scorer.finish(stats.audio_seconds)
         report.update(score.to_dict())
     return report
 
@@ -188,6 +207,9 @@ def print_summary(report: dict[str, Any]) -> None:
         f"({report['realtime_factor']}x real time), {report['events']} events, "
         f"inference p50 {inference['p50']} ms p95 {inference['p95']} ms",
     ]
+    if report.get("partial"):
+        lines.append("stopped before the end of the stream: only the references the processed "
+                     "audio decided are scored")
     if "precision" in report:
         lines.append(
             f"precision {_fmt(report['precision'])} recall {_fmt(report['recall'])} "

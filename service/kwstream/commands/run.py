@@ -44,7 +44,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="replay this file in real time instead of a microphone")
     choice.add_argument("--stdin", action="store_true",
                         help="read raw s16le PCM from stdin (arecord, ffmpeg pipes)")
-    source.add_argument("--block-ms", type=int, metavar="MS", help="block length in milliseconds (default 100)")
+    source.add_argument("--block-ms", type=int, metavar="MS",
+                        help="block length in milliseconds (default 100)")
     parser.add_argument("--labels", type=Path, metavar="CSV",
                         help="reference labels of the audio: score the stream live")
     add_pipeline_options(parser)

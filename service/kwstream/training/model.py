@@ -17,8 +17,8 @@ def build_model(rows: int, bands: int, classes: int, spec: ArchitectureSpec) -> 
     """Build a DS-CNN whose input is (batch, rows, bands, 1) and output a softmax over classes.
 
     Batch normalization follows every convolution, so the converter folds it into the
-    convolution weights and the int8 model keeps only CONV_2D, DEPTHWISE_CONV_2D, MEAN,
-    FULLY_CONNECTED and SOFTMAX.
+    convolution weights and the int8 model keeps only CONV_2D, DEPTHWISE_CONV_2D, MEAN and
+    SOFTMAX.
     """
     import keras
     from keras import layers
@@ -35,11 +35,41 @@ def build_model(rows: int, bands: int, classes: int, spec: ArchitectureSpec) -> 
         x = layers.Conv2D(filters, (1, 1), use_bias=False)(x)
         x = layers.BatchNormalization()(x)
         x = layers.ReLU()(x)
-    x = layers.GlobalAveragePooling2D()(x)
+    # The classifier is a 1x1 convolution before the average pooling, which equals a dense
+    # layer after it. TFLite Micro's int8 FULLY_CONNECTED rounds some outputs one step
+    # differently from LiteRT's reference kernel, while CONV_2D and MEAN match exactly.
     x = layers.Dropout(spec.dropout)(x)
-    x = layers.Dense(classes)(x)
+    x = layers.Conv2D(classes, (1, 1))(x)
+    x = layers.GlobalAveragePooling2D()(x)
     outputs = layers.Softmax()(x)
     return keras.Model(inputs, outputs, name="ds_cnn")
+
+
+def spec_augment(batch: Any, mask_bands: int, mask_rows: int, seed: int) -> Any:
+    """Zero one random band range and one random row range of each window (SpecAugment).
+
+    The ranges are at most ``mask_bands`` bands wide and ``mask_rows`` rows long. Zero is the
+    window mean after window_mean normalization, so a mask looks like missing detail.
+    """
+    import tensorflow as tf
+
+    shape = tf.shape(batch)
+    size, rows, bands = shape[0], shape[1], shape[2]
+
+    def band_mask(length: int, axis_size: Any) -> Any:
+        width = tf.random.uniform([size, 1], 0, length + 1, dtype=tf.int32)
+        room = tf.cast(tf.maximum(axis_size - width, 1), tf.float32)
+        start = tf.cast(tf.random.uniform([size, 1]) * room, tf.int32)
+        positions = tf.range(axis_size)[None, :]
+        return tf.cast((positions >= start) & (positions < start + width), batch.dtype)
+
+    del seed  # tf.random ops draw from the global seed that keras.utils.set_random_seed set
+    keep = tf.ones_like(batch)
+    if mask_bands:
+        keep *= 1.0 - band_mask(mask_bands, bands)[:, None, :, None]
+    if mask_rows:
+        keep *= 1.0 - band_mask(mask_rows, rows)[:, :, None, None]
+    return batch * keep
 
 
 def class_weights(labels: np.ndarray, classes: int) -> dict[int, float]:
@@ -51,8 +81,10 @@ def class_weights(labels: np.ndarray, classes: int) -> dict[int, float]:
 
 def train_model(model: Any, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
                 val_y: np.ndarray, classes: int, spec: TrainSpec, seed: int) -> dict[str, Any]:
-    """Train with Adam and a cosine learning-rate decay; keep the weights of the epoch with
-    the best validation accuracy. Returns the per-epoch history."""
+    """Train with Adam and a cosine learning-rate decay, keeping the best validation epoch.
+
+    Returns the per-epoch history, the best epoch and its validation accuracy.
+    """
     import keras
     import tensorflow as tf
 
@@ -73,8 +105,12 @@ def train_model(model: Any, train_x: np.ndarray, train_y: np.ndarray, val_x: np.
             train_y, classes), sample_weight))
         .shuffle(min(len(train_x), 50000), seed=seed, reshuffle_each_iteration=True)
         .batch(spec.batch_size)
-        .prefetch(2)
     )
+    if spec.mask_bands or spec.mask_rows:
+        train_set = train_set.map(
+            lambda x, y, w: (spec_augment(x, spec.mask_bands, spec.mask_rows, seed), y, w),
+            num_parallel_calls=tf.data.AUTOTUNE)
+    train_set = train_set.prefetch(2)
     val_set = tf.data.Dataset.from_tensor_slices(
         (val_x[..., None], keras.utils.to_categorical(val_y, classes))).batch(512)
 

@@ -1,9 +1,9 @@
 """The training pipeline behind ``kwstream train``: synthesis to model card, step by step.
 
 Steps: check the voices, synthesize the speech corpus (cached), augment it into feature
-windows, train the Keras DS-CNN, export a full-integer int8 .tflite, pick thresholds on the
-validation voices, evaluate on the test voices and on real speech, measure the TFLite Micro
-arena, and write the model card.
+windows, train the Keras DS-CNN and export a full-integer int8 .tflite. Then pick thresholds
+and smoother defaults on the validation voices, evaluate on the test voices and on real
+speech, measure the TFLite Micro arena, and write the model card.
 """
 
 from __future__ import annotations

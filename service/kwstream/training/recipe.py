@@ -95,11 +95,15 @@ class TrainSpec:
     learning_rate: float = 0.003
     label_smoothing: float = 0.05
     representative_windows: int = 500
+    mask_bands: int = 0
+    """Widest SpecAugment band mask (0: none)."""
+    mask_rows: int = 0
+    """Longest SpecAugment time mask in rows (0: none)."""
 
 
 @dataclass(frozen=True)
 class ThresholdSpec:
-    """How per-keyword thresholds are picked on the validation voices."""
+    """Rule for the per-keyword thresholds, applied to the validation voices."""
 
     max_false_accept: float = 0.005
     """Largest share of validation non-keyword clips (and other keywords) above a threshold."""
@@ -114,7 +118,7 @@ class EvaluationSpec:
     allison_dir: str = "/usr/share/asterisk/sounds/en"
     """Folder of Allison's G.722 prompts; an empty string skips the real-speech evaluation."""
     keyword_excludes: tuple[str, ...] = ()
-    """Extra prompt names to leave out of the non-keyword set (their speech holds a keyword)."""
+    """Extra prompt names to leave out of the non-keyword set, because they say a keyword."""
 
 
 @dataclass(frozen=True)
@@ -293,6 +297,8 @@ def parse_recipe(data: dict[str, Any], path: Path, content: str = "") -> Recipe:
         learning_rate=train_section.number("learning_rate", 0.003, 1e-6, 1.0),
         label_smoothing=train_section.number("label_smoothing", 0.05, 0.0, 0.5),
         representative_windows=train_section.integer("representative_windows", 500, 1),
+        mask_bands=train_section.integer("mask_bands", 0, 0, 64),
+        mask_rows=train_section.integer("mask_rows", 0, 0, 49),
     )
     train_section.check_unknown()
     threshold_section = root.section("thresholds")
@@ -356,8 +362,9 @@ def _parse_voices(root: _Section, path: Path) -> list[VoiceSpec]:
             raise RecipeError(f"{path}: voices[{index}].split must be one of "
                               f"{', '.join(SPLITS)}, got {split!r}")
 
-        def pick(key: str, reader: str, *args: Any) -> Any:
-            source = section if key in section.data else base
+        def pick(key: str, reader: str, *args: Any, entry: _Section = section,
+                 fallback: _Section = base) -> Any:
+            source = entry if key in entry.data else fallback
             return getattr(source, reader)(key, *args)
 
         voice = VoiceSpec(
@@ -375,7 +382,7 @@ def _parse_voices(root: _Section, path: Path) -> list[VoiceSpec]:
             raise RecipeError(f"{path}: voice {voice.key} is listed twice")
         seen.add(voice.key)
         voices.append(voice)
-    for engine, base in defaults.items():
+    for base in defaults.values():
         base.used.update({"renditions", "unknown_words", "sentences", "variants", "speed_range",
                           "pitch_range", "options"})
         base.check_unknown()

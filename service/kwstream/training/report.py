@@ -12,13 +12,9 @@ def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{value * 100:.1f}%"
 
 
-def render_markdown(card: ModelCard) -> str:
+def _summary(card: ModelCard) -> list[str]:
     metrics: dict[str, Any] = card.metrics
-    test = metrics.get("test_voices", {})
-    validation = metrics.get("validation_voices", {})
-    allison = metrics.get("allison", {})
-    voices = card.data.get("voices", {})
-    lines = [
+    return [
         f"# {card.id} (version {card.version})",
         "",
         f"An int8 keyword-spotting model for microcontrollers and the kwstream service. It "
@@ -32,6 +28,12 @@ def render_markdown(card: ModelCard) -> str:
         f"- file: {card.size_bytes} bytes; TFLite Micro arena: {card.arena_bytes} bytes "
         f"(smallest arena that allocates and runs, measured with the tflite-micro package)",
         f"- ops: {', '.join(metrics.get('ops', []))}; input and output int8",
+    ]
+
+
+def _training_data(card: ModelCard) -> list[str]:
+    voices = card.data.get("voices", {})
+    lines = [
         "",
         "## Training data",
         "",
@@ -44,8 +46,18 @@ def render_markdown(card: ModelCard) -> str:
         lines.append(f"- {split}: {', '.join(voices.get(split, [])) or 'none'}")
     lines += [
         "",
-        f"Thresholds and the choice of epoch use the validation voices only. "
-        f"Threshold rule: {metrics.get('threshold_rule', 'n/a')}.",
+        f"Thresholds, smoother defaults and the choice of epoch use the validation voices "
+        f"only. Threshold rule: {card.metrics.get('threshold_rule', 'n/a')}.",
+    ]
+    return lines
+
+
+def _measurements(card: ModelCard) -> list[str]:
+    metrics: dict[str, Any] = card.metrics
+    test = metrics.get("test_voices", {})
+    validation = metrics.get("validation_voices", {})
+    allison = metrics.get("allison", {})
+    lines = [
         "",
         "## Measured",
         "",
@@ -66,6 +78,7 @@ def render_markdown(card: ModelCard) -> str:
             entry = allison[key]
             lines.append(f"| {title} (real speech) | {entry['clips']} | "
                          f"{_percent(entry['accuracy'])} | |")
+
     prompts = allison.get("non_keyword_prompts")
     if prompts:
         lines += [
@@ -77,32 +90,57 @@ def render_markdown(card: ModelCard) -> str:
             f"threshold; {_percent(prompts['prompt_false_accept_share'])} of the prompts have "
             f"at least one such clip.",
         ]
+
+    stream = metrics.get("validation_stream", {})
+    if stream:
+        chosen = stream["chosen"]
+        lines += [
+            "",
+            f"Smoother defaults: chosen on a {stream['stream_seconds']} s stream of "
+            f"{stream['words']} validation words ({stream['keywords']} keywords): precision "
+            f"{_percent(chosen['precision'])}, recall {_percent(chosen['recall'])}, "
+            f"{stream['false_accepts_per_hour']:.0f} false accepts per hour.",
+        ]
+
     agreement = metrics.get("kernel_agreement", {})
     if agreement:
         lines += [
             "",
             f"LiteRT's default (XNNPACK) kernels and its reference kernels choose the same top "
             f"class on {_percent(agreement.get('default_vs_reference_top_class'))} of "
-            f"{agreement.get('windows')} test windows; TFLite Micro matches the reference "
-            f"kernels exactly (tests/test_model_tflm.py).",
+            f"{agreement.get('windows')} test windows; tests/test_model_tflm.py checks that "
+            f"TFLite Micro gives exactly the reference kernels' outputs.",
         ]
+
     timings = metrics.get("wall_seconds", {})
     if timings:
-        lines += ["", f"Training wall time: {timings.get('total', 'n/a')} s in total "
-                      f"({', '.join(f'{k} {v} s' for k, v in timings.items() if k != 'total')})."]
-    lines += [
+        steps = ", ".join(f"{k} {v} s" for k, v in timings.items() if k != "total")
+        lines += ["", f"Training wall time: {timings.get('total', 'n/a')} s in total ({steps})."]
+    return lines
+
+
+def _limits(card: ModelCard) -> list[str]:
+    allison = card.metrics.get("allison", {})
+    silence_clips = allison.get("digits_silence_padded", {}).get("clips", 0)
+    context_clips = allison.get("digits_context_padded", {}).get("clips", 0)
+    return [
         "",
         "## Limits",
         "",
-        "- Trained on synthetic voices only; the only real-speech check is one female US "
-        "speaker (Allison, asterisk-core-sounds-en), and only the digits among the keywords.",
-        "- The Allison digit sets are small (10 silence-padded clips, 30 context-padded), so "
-        "one clip moves the accuracy by 10 or 3.3 points.",
+        "- Trained on synthetic voices only. The only real-speech check is one female US "
+        "speaker (Allison, asterisk-core-sounds-en), and among the keywords only her digits.",
+        f"- The Allison digit sets are small ({silence_clips} silence-padded clips, "
+        f"{context_clips} context-padded), so one clip moves their accuracy by several points.",
         "- Clip accuracy is not streaming accuracy: replay labeled streams with "
         "`kwstream replay` to measure precision and recall with the smoother.",
         "",
     ]
-    return "\n".join(lines)
+
+
+def render_markdown(card: ModelCard) -> str:
+    """Render the card's facts and measurements as a short Markdown page."""
+    sections = _summary(card) + _training_data(card) + _measurements(card) + _limits(card)
+    return "\n".join(sections)
 
 
 def write_markdown(card: ModelCard, path: Path) -> None:
