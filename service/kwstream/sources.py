@@ -333,6 +333,11 @@ class MicrophoneSource:
         try:
             return dict(self._sd.query_devices(self.device, "input"))
         except (ValueError, self._sd.PortAudioError) as error:
+            if self.device is None:
+                raise AudioError(
+                    f"no default input device ({error}); name one with --input-device, or read "
+                    "a file with --file or raw PCM with --stdin"
+                ) from error
             raise AudioError(f"input device not found: {self.device!r} ({error})") from error
 
     def _device_name(self) -> str:

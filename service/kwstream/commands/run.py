@@ -104,6 +104,13 @@ def handle(args: argparse.Namespace) -> int:
     finally:
         service.close_endpoint()
     log.info("kwstream stopped: %.1f s of audio, %d events", stats.audio_seconds, stats.events)
+    for channel in service.pipeline.channels:
+        if channel.scorer is not None:
+            channel.scorer.advance(stats.audio_seconds * 1000.0)
+            score = channel.scorer.report(stats.audio_seconds)
+            log.info("live score of model %s so far: precision %s, recall %s, "
+                     "false accepts per hour %s", channel.label, _fmt(score.precision),
+                     _fmt(score.recall), _fmt(score.false_accepts_per_hour))
     if stats.error is not None:
         raise stats.error
     return 0
@@ -154,6 +161,10 @@ async def _systemd_watchdog() -> None:
     while True:
         _sd_notify("WATCHDOG=1")
         await asyncio.sleep(period_s)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _redacted(url: str | None) -> str:
