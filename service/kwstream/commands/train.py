@@ -22,8 +22,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     parser.add_argument("--cache", type=Path, default=None,
                         help="folder for synthesized speech (default: $KWSTREAM_CACHE or "
                              "~/.cache/kwstream)")
-    parser.add_argument("--out", type=Path, default=Path("models"),
-                        help="folder that receives ID.tflite and ID.json (default: models)")
+    parser.add_argument("--out", type=Path, default=Path("out/models"),
+                        help="folder that receives ID.tflite and ID.json (default: out/models, "
+                             "so a run never overwrites a shipped model by accident)")
     parser.add_argument("--processes", type=int, default=None,
                         help="worker processes for synthesis and features (default: all cores)")
     parser.set_defaults(handler=handle)
