@@ -135,3 +135,50 @@ def test_cli_reports_recipe_error(tmp_path: Path, capsys: pytest.CaptureFixture[
     error = capsys.readouterr().err
     assert "labels" in error
     assert len(error.strip().splitlines()) == 1
+
+
+def _with_class_weight_factors(tmp_path: Path, table: str) -> Path:
+    recipe = tmp_path / "weighted.toml"
+    recipe.write_text(TINY_RECIPE.read_text().replace(
+        "representative_windows = 50\n",
+        f"representative_windows = 50\nclass_weight_factors = {table}\n"))
+    return recipe
+
+
+def test_class_weight_factors_parsed(tmp_path: Path) -> None:
+    recipe = load_recipe(_with_class_weight_factors(tmp_path, "{ yes = 2.0, up = 0.5 }"))
+    assert recipe.train.class_weight_factors == {"yes": 2.0, "up": 0.5}
+    assert load_recipe(TINY_RECIPE).train.class_weight_factors == {}
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ("{ maybe = 2.0 }", "names 'maybe', which is not in model.labels"),
+    ("{ yes = 0.0 }", r"must be in \[0.1, 10.0\], got yes = 0.0"),
+    ('{ yes = "2" }', "must map labels to numbers, got yes = '2'"),
+    ("2.0", "must be dict, got 2.0"),
+])
+def test_class_weight_factors_rejected(tmp_path: Path, table: str, message: str) -> None:
+    with pytest.raises(RecipeError, match=f"train.class_weight_factors {message}"):
+        load_recipe(_with_class_weight_factors(tmp_path, table))
+
+
+def test_class_weights_balance_then_factor() -> None:
+    from kwstream.training.model import class_weights
+
+    # Counts 10, 30 and 20: the mean is 20, so the balanced weights are 2, 2/3 and 1.
+    labels = np.array([0] * 10 + [1] * 30 + [2] * 20)
+    assert class_weights(labels, 3) == pytest.approx({0: 2.0, 1: 2.0 / 3.0, 2: 1.0})
+
+    weighted = class_weights(labels, 3, {2: 2.5})
+    assert weighted[2] == pytest.approx(2.5)
+    assert weighted[0] == pytest.approx(2.0)
+    assert weighted[1] == pytest.approx(2.0 / 3.0)
+
+
+def test_class_weights_factor_applies_after_cap() -> None:
+    from kwstream.training.model import class_weights
+
+    # Counts 1 and 99: the balanced weight of class 0 would be 50, and the cap makes it 4.
+    labels = np.array([0] + [1] * 99)
+    assert class_weights(labels, 2)[0] == pytest.approx(4.0)
+    assert class_weights(labels, 2, {0: 2.0})[0] == pytest.approx(8.0)

@@ -72,15 +72,24 @@ def spec_augment(batch: Any, mask_bands: int, mask_rows: int, seed: int) -> Any:
     return batch * keep
 
 
-def class_weights(labels: np.ndarray, classes: int) -> dict[int, float]:
-    """Weights that give each class the same total weight, capped at 4x."""
+def class_weights(labels: np.ndarray, classes: int,
+                  factors: dict[int, float] | None = None) -> dict[int, float]:
+    """Compute weights that give each class the same total weight, capped at 4x.
+
+    ``factors`` maps a class index to a factor applied after the cap, so a recipe can make
+    one keyword count more than the balance gives it.
+    """
     counts = np.bincount(labels, minlength=classes).astype(np.float64)
     mean = counts[counts > 0].mean()
-    return {i: float(min(4.0, mean / c)) if c else 1.0 for i, c in enumerate(counts)}
+    weights = {i: float(min(4.0, mean / c)) if c else 1.0 for i, c in enumerate(counts)}
+    for index, factor in (factors or {}).items():
+        weights[index] *= factor
+    return weights
 
 
 def train_model(model: Any, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
-                val_y: np.ndarray, classes: int, spec: TrainSpec, seed: int) -> dict[str, Any]:
+                val_y: np.ndarray, classes: int, spec: TrainSpec, seed: int,
+                class_factors: dict[int, float] | None = None) -> dict[str, Any]:
     """Train with Adam and a cosine learning-rate decay, keeping the best validation epoch.
 
     Returns the per-epoch history, the best epoch and its validation accuracy.
@@ -97,7 +106,7 @@ def train_model(model: Any, train_x: np.ndarray, train_y: np.ndarray, val_x: np.
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=spec.label_smoothing),
         metrics=["accuracy"],
     )
-    weights = class_weights(train_y, classes)
+    weights = class_weights(train_y, classes, class_factors)
     sample_weight = np.array([weights[int(y)] for y in train_y], dtype=np.float32)
 
     train_set = (

@@ -179,9 +179,14 @@ def _train_or_reuse(recipe: Recipe, data: dict[str, dataset.SplitData],
     keras_model = model_module.build_model(recipe.frontend.window_rows,
                                            recipe.frontend.num_bands, classes,
                                            recipe.architecture)
+    class_factors = {recipe.labels.index(label): factor
+                     for label, factor in recipe.train.class_weight_factors.items()}
+    if class_factors:
+        log.info("class weight factors: %s", ", ".join(
+            f"{label} x{factor}" for label, factor in recipe.train.class_weight_factors.items()))
     fit = model_module.train_model(keras_model, data["train"].features, data["train"].labels,
                                    data["validation"].features, data["validation"].labels,
-                                   classes, recipe.train, recipe.seed)
+                                   classes, recipe.train, recipe.seed, class_factors)
     temporary = saved.with_name(f".{saved.stem}.tmp.keras")
     keras_model.save(temporary)
     temporary.replace(saved)

@@ -99,6 +99,8 @@ class TrainSpec:
     """Widest SpecAugment band mask (0: none)."""
     mask_rows: int = 0
     """Longest SpecAugment time mask in rows (0: none)."""
+    class_weight_factors: dict[str, float] = field(default_factory=dict, hash=False)
+    """Factor on the balanced class weight of a label, such as ``{"yes": 2.0}``."""
 
 
 @dataclass(frozen=True)
@@ -299,6 +301,7 @@ def parse_recipe(data: dict[str, Any], path: Path, content: str = "") -> Recipe:
         representative_windows=train_section.integer("representative_windows", 500, 1),
         mask_bands=train_section.integer("mask_bands", 0, 0, 64),
         mask_rows=train_section.integer("mask_rows", 0, 0, 49),
+        class_weight_factors=_parse_class_weight_factors(train_section, labels),
     )
     train_section.check_unknown()
     threshold_section = root.section("thresholds")
@@ -328,6 +331,24 @@ def parse_recipe(data: dict[str, Any], path: Path, content: str = "") -> Recipe:
         augment=augment, architecture=architecture, train=train, thresholds=thresholds,
         evaluation=evaluation,
     )
+
+
+def _parse_class_weight_factors(section: _Section, labels: tuple[str, ...]) -> dict[str, float]:
+    """Read train.class_weight_factors, a table of label = factor with factors in [0.1, 10]."""
+    table = section.get("class_weight_factors", {}, dict)
+    factors: dict[str, float] = {}
+    for label, factor in table.items():
+        if label not in labels:
+            raise section._fail("class_weight_factors",
+                                f"names {label!r}, which is not in model.labels")
+        if isinstance(factor, bool) or not isinstance(factor, int | float):
+            raise section._fail("class_weight_factors",
+                                f"must map labels to numbers, got {label} = {factor!r}")
+        if not 0.1 <= factor <= 10.0:
+            raise section._fail("class_weight_factors",
+                                f"must be in [0.1, 10.0], got {label} = {factor}")
+        factors[label] = float(factor)
+    return factors
 
 
 def _parse_voices(root: _Section, path: Path) -> list[VoiceSpec]:
