@@ -109,7 +109,7 @@ def telephone(rng: np.random.Generator, audio: np.ndarray) -> np.ndarray:
 
 
 def cheap_microphone(rng: np.random.Generator, audio: np.ndarray) -> np.ndarray:
-    """A small USB microphone: weak bass, a roll-off between 4 and 7.5 kHz, a spectral tilt."""
+    """Imitate a small USB microphone: weak bass, a roll-off between 4 and 7.5 kHz, a tilt."""
     limited = band_limit(audio, float(rng.uniform(80, 300)), float(rng.uniform(4000, 7500)),
                          order=2)
     freqs = np.fft.rfftfreq(limited.size, 1.0 / SAMPLE_RATE)
@@ -236,7 +236,7 @@ def augment_window(rng: np.random.Generator, window: np.ndarray, spec: AugmentSp
 
 def silence_clip(rng: np.random.Generator, spec: AugmentSpec,
                  recordings: list[np.ndarray]) -> np.ndarray:
-    """A 1-s clip with no speech: digital silence, a faint floor, coloured noise or ambience."""
+    """Make a 1-s clip with no speech: digital silence, a faint floor, coloured noise or ambience."""
     draw = rng.random()
     if draw < 0.05:
         return np.zeros(CLIP_SAMPLES, dtype=np.float32)

@@ -3,7 +3,7 @@
 The corpus is a list of :class:`SynthesisJob`, one per voice and label (keyword words) or per
 voice and kind (non-keyword words, sentences). Each job is drawn deterministically from the
 recipe's seed, so the same recipe always produces the same texts and renditions. A job's audio
-is cached as one ``.npz`` file named by the hash of everything that shapes it; the file is
+is cached as one ``.npz`` file named by the hash of everything that shapes it. The file is
 written under a temporary name and renamed, so a crashed run never leaves half a file.
 """
 
@@ -170,7 +170,7 @@ def _read_cached(job: SynthesisJob, cache_dir: Path) -> SpeechSet:
     with np.load(job.cache_path(cache_dir)) as data:
         audio, lengths = data["audio"], data["lengths"]
     if len(lengths) != len(job.utterances):
-        raise RuntimeError(f"cache file {job.cache_path(cache_dir)} holds {len(lengths)} clips, "
+        raise RuntimeError(f"cache file {job.cache_path(cache_dir)} contains {len(lengths)} clips, "
                            f"expected {len(job.utterances)}; delete it and run again")
     bounds = np.concatenate([[0], np.cumsum(lengths)])
     clips = [audio[bounds[i]:bounds[i + 1]] for i in range(len(lengths))]

@@ -210,8 +210,11 @@ def load_allison(directory: Path, frontend: FrontendParams, labels: tuple[str, .
 
 def _context_clip(rng: np.random.Generator, digit: np.ndarray, prompts: dict[str, np.ndarray],
                   names: list[str]) -> np.ndarray:
-    """Centre the untrimmed digit recording in 1 s; before it the end of one non-keyword prompt,
-    after it the start of another, as if the words followed each other in one recording."""
+    """Centre the untrimmed digit recording in a 1-s clip between two other prompts.
+
+    The end of one non-keyword prompt comes before the digit and the start of another after
+    it, as if the words followed each other in one recording.
+    """
     length = augment.CLIP_SAMPLES
     if digit.size >= length:
         start = (digit.size - length) // 2
