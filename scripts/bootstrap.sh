@@ -10,6 +10,7 @@ APT_PACKAGES=(
     ffmpeg sox libsndfile1 libportaudio2 alsa-utils   # decoding, resampling, audio devices
     espeak-ng flite festival festvox-kallpc16k        # offline speech synthesis for training
     asterisk-core-sounds-en-g722                      # real human speech for evaluation
+    asterisk-moh-opsound-g722                         # music backgrounds for augmentation
     mosquitto mosquitto-clients                       # MQTT broker for integration tests
     prometheus                                        # Prometheus server and promtool
     wamerican                                         # English word list for the _unknown_ class
