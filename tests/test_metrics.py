@@ -77,14 +77,14 @@ def _value(samples: dict, name: str, **labels) -> float | None:
 
 @needs_model
 def test_endpoint_serves_live_metrics_during_replay(tmp_path):
-    word = decode_allison("digits/7.g722", tmp_path)
+    word = decode_allison("digits/6.g722", tmp_path)
     audio = np.concatenate([silence(1.0), word, silence(2.0), word, silence(3.0)])
-    wav = write_wav(tmp_path / "sevens.wav", audio)
-    labels = tmp_path / "sevens.csv"
+    wav = write_wav(tmp_path / "sixes.wav", audio)
+    labels = tmp_path / "sixes.csv"
     first_end = (16000 + word.size) / 16
     second_start = (16000 + word.size + 32000) / 16
-    labels.write_text(f"label,start_ms,end_ms\nseven,1000,{first_end}\n"
-                      f"seven,{second_start},{second_start + word.size / 16}\n")
+    labels.write_text(f"label,start_ms,end_ms\nsix,1000,{first_end}\n"
+                      f"six,{second_start},{second_start + word.size / 16}\n")
     port = _free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "kwstream", "--log-level", "ERROR", "replay", str(wav),
@@ -118,7 +118,7 @@ def test_endpoint_serves_live_metrics_during_replay(tmp_path):
     )
     assert detections == len(printed)
     true_positives = _value(samples, "kws_scored_true_positives_total", model=model,
-                            keyword="seven") or 0.0
+                            keyword="six") or 0.0
     false_positives = sum(
         value for (name, labels_), value in samples.items()
         if name == "kws_scored_false_positives_total" and dict(labels_).get("model") == model

@@ -45,11 +45,11 @@ def _write_labels(path: Path, labels: list) -> Path:
 
 
 def test_allison_digit_gives_its_keyword(tmp_path, audio_cache, capsys):
-    audio, _ = _digit_stream(audio_cache, [7])
-    wav = write_wav(tmp_path / "seven.wav", audio)
+    audio, _ = _digit_stream(audio_cache, [6])
+    wav = write_wav(tmp_path / "six.wav", audio)
     assert main(["replay", str(wav)]) == 0
     keywords = [event["keyword"] for event in _events(capsys.readouterr().out)]
-    assert keywords == ["seven"]
+    assert keywords == ["six"]
 
 
 def test_silence_and_noise_give_no_event(tmp_path, capsys):
@@ -60,8 +60,8 @@ def test_silence_and_noise_give_no_event(tmp_path, capsys):
 
 
 def test_event_schema_and_stdout_holds_events_only(tmp_path, audio_cache, capsys):
-    audio, _ = _digit_stream(audio_cache, [2])
-    wav = write_wav(tmp_path / "two.wav", audio)
+    audio, _ = _digit_stream(audio_cache, [9])
+    wav = write_wav(tmp_path / "nine.wav", audio)
     assert main(["replay", str(wav)]) == 0
     out = capsys.readouterr().out
     events = _events(out)
@@ -98,16 +98,16 @@ def test_resampled_stereo_flac_is_read(tmp_path, audio_cache, capsys):
     import soundfile
     import soxr
 
-    audio, _ = _digit_stream(audio_cache, [7])
-    wav = write_wav(tmp_path / "seven.wav", audio)
+    audio, _ = _digit_stream(audio_cache, [6])
+    wav = write_wav(tmp_path / "six.wav", audio)
     assert main(["replay", str(wav)]) == 0
     expected = _events(capsys.readouterr().out)
     high = soxr.resample(audio, 16000, 44100)
-    flac = tmp_path / "seven.flac"
+    flac = tmp_path / "six.flac"
     soundfile.write(flac, np.stack([high, high], axis=1), 44100)
     assert main(["replay", str(flac)]) == 0
     events = _events(capsys.readouterr().out)
-    assert [e["keyword"] for e in events] == ["seven"]
+    assert [e["keyword"] for e in events] == ["six"]
     assert abs(events[0]["time_ms"] - expected[0]["time_ms"]) <= 40
 
 

@@ -37,7 +37,7 @@ def shadow_model(tmp_path):
 
 
 def _stream(tmp_path):
-    word = decode_allison("digits/7.g722", tmp_path)
+    word = decode_allison("digits/6.g722", tmp_path)
     return np.concatenate([silence(1.0), word, silence(1.5)])
 
 
@@ -49,17 +49,17 @@ def test_shadow_events_are_marked_and_metrics_labelled(shadow_model, tmp_path):
     primary_id = load_card(default_model_path()).id
     primary = [e for e in events if not e["shadow"]]
     shadow = [e for e in events if e["shadow"]]
-    assert [e["keyword"] for e in primary] == ["seven"]
+    assert [e["keyword"] for e in primary] == ["six"]
     assert [e["model"] for e in shadow] == [SHADOW_ID]
     # The same weights on the same audio give the same decision at the same time.
     assert shadow[0]["time_ms"] == primary[0]["time_ms"]
     for model in (primary_id, SHADOW_ID):
         assert metrics.registry.get_sample_value(
-            "kws_detections_total", {"model": model, "keyword": "seven"}) == 1.0
+            "kws_detections_total", {"model": model, "keyword": "six"}) == 1.0
         assert metrics.registry.get_sample_value(
             "kws_inference_seconds_count", {"model": model}) > 0
         assert metrics.registry.get_sample_value(
-            "kws_model_info", {"model": model, "id": model, "version": "1",
+            "kws_model_info", {"model": model, "id": model, "version": load_card(default_model_path()).version,
                                "sha256": load_card(default_model_path()).sha256,
                                "role": "primary" if model == primary_id else "shadow"}) == 1.0
 
@@ -73,7 +73,7 @@ def test_shadow_with_the_primary_id_is_rejected(tmp_path):
 
 
 def test_only_primary_events_reach_mqtt(mosquitto, shadow_model, tmp_path):
-    wav = write_wav(tmp_path / "seven.wav", _stream(tmp_path))
+    wav = write_wav(tmp_path / "six.wav", _stream(tmp_path))
     topic = "kws/shadow-test/detection"
     with Subscriber(mosquitto, [topic]) as subscriber:
         result = subprocess.run(

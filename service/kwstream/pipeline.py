@@ -145,6 +145,14 @@ class Pipeline:
             )
         for channel in self.channels:
             card = channel.model.card
+            # Create every per-keyword series at 0, so that rate() and increase() see the
+            # first detection of a keyword as an increase rather than as a new series.
+            for keyword in card.keywords:
+                metrics.detections.labels(model=channel.label, keyword=keyword)
+                if channel.scorer is not None:
+                    for counter in (metrics.scored_true_positives, metrics.scored_false_positives,
+                                    metrics.scored_false_negatives):
+                        counter.labels(model=channel.label, keyword=keyword)
             metrics.model_info.labels(model=channel.label).info(
                 {"id": card.id, "version": card.version, "sha256": card.sha256,
                  "role": "shadow" if channel.shadow else "primary"}
