@@ -46,7 +46,8 @@ def test_shadow_events_are_marked_and_metrics_labelled(shadow_model, tmp_path):
     pipeline = Pipeline(KeywordModel(default_model_path()), metrics,
                         shadow=KeywordModel(shadow_model))
     events = pipeline.process(AudioBlock(_stream(tmp_path), 0))
-    primary_id = load_card(default_model_path()).id
+    card = load_card(default_model_path())
+    primary_id = card.id
     primary = [e for e in events if not e["shadow"]]
     shadow = [e for e in events if e["shadow"]]
     assert [e["keyword"] for e in primary] == ["six"]
@@ -59,8 +60,8 @@ def test_shadow_events_are_marked_and_metrics_labelled(shadow_model, tmp_path):
         assert metrics.registry.get_sample_value(
             "kws_inference_seconds_count", {"model": model}) > 0
         assert metrics.registry.get_sample_value(
-            "kws_model_info", {"model": model, "id": model, "version": load_card(default_model_path()).version,
-                               "sha256": load_card(default_model_path()).sha256,
+            "kws_model_info", {"model": model, "id": model, "version": card.version,
+                               "sha256": card.sha256,
                                "role": "primary" if model == primary_id else "shadow"}) == 1.0
 
 
