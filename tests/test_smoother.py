@@ -31,7 +31,7 @@ def test_average_over_window_and_threshold():
     times = np.array([40.0, 80.0, 120.0, 160.0])
     scores, trusted, detections = smoother.process(times, _posteriors(
         [(0.2, 0.0), (0.9, 0.0), (0.9, 0.0), (0.9, 0.0)]))
-    # Span (t - 100, t]: at 120 ms it holds 40, 80 and 120 ms, so (0.2 + 0.9 + 0.9) / 3.
+    # Span (t - 100, t]: at 120 ms it contains 40, 80 and 120 ms, so (0.2 + 0.9 + 0.9) / 3.
     assert scores[:, 0] == pytest.approx([0.2, 0.55, 2.0 / 3.0, 0.9])
     assert trusted.tolist() == [False, True, True, True]
     assert [(d.keyword, d.time_ms) for d in detections] == [("yes", 160.0)]

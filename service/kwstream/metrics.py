@@ -24,8 +24,10 @@ class Metrics:
     """All kwstream metrics, registered in one registry (a fresh one per test)."""
 
     def __init__(self, registry: CollectorRegistry | None = None, mqtt: bool = True) -> None:
-        """Create the metrics in ``registry`` (a new one if None); ``mqtt=False`` leaves out
-        the MQTT metrics, so a daemon without MQTT exports no always-zero connection gauge."""
+        """Create the metrics in ``registry``, or in a new one if None.
+
+        ``mqtt=False`` leaves out the MQTT metrics, so a daemon without MQTT exports no
+        connection gauge that always reads 0."""
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.inference_seconds = Histogram(

@@ -87,7 +87,7 @@ class MqttEventSink:
 
 @dataclass
 class RunStats:
-    """What one run of the pipeline processed and what it cost."""
+    """Audio processed by one run of the pipeline, and its cost."""
 
     audio_seconds: float
     wall_seconds: float
@@ -97,7 +97,7 @@ class RunStats:
     error: BaseException | None = None
     interrupted: bool = False
     """True when SIGINT or SIGTERM stopped the source before the stream ended."""
-    """What stopped the source early (a decoding error, say), after its audio was processed."""
+    """Error that stopped the source early (a decoding error, say), after its audio was processed."""
 
     @property
     def realtime_factor(self) -> float | None:

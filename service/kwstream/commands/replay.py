@@ -68,9 +68,12 @@ def handle(args: argparse.Namespace) -> int:
     if args.sweep is not None and args.labels is None:
         raise ConfigError("--sweep needs --labels: a DET curve is measured against references")
 
-    for option, path in (("--report", args.report), ("--markdown", args.markdown),
-                         ("--sweep", args.sweep)):
-        folder = path if option == "--sweep" else (path.parent if path is not None else None)
+    # Create the output folders before the replay, so a bad path fails before any work.
+    folders = [("--sweep", args.sweep, args.sweep)]
+    for option, path in (("--report", args.report), ("--markdown", args.markdown)):
+        if path is not None:
+            folders.append((option, path, path.parent))
+    for option, path, folder in folders:
         if folder is not None:
             try:
                 folder.mkdir(parents=True, exist_ok=True)
