@@ -15,6 +15,10 @@ cannot tell their misses. Their false accepts are reported beside, as ``fa_per_h
 Writes ``results.json`` (every point and the cost of every run) to ``--out-dir`` and prints
 Markdown tables of the operating points and the cost on stdout. ``--no-peer`` measures
 kwstream alone, such as on a long stream where only its own accuracy is wanted.
+pocketsphinx does not depend on kwstream's model, so ``--peer-from RESULTS`` takes its points
+and costs from an earlier ``results.json`` of the same stream instead of running it again
+(the one-hour stream costs about half an hour of peer runs); the stream's duration and
+keyword count must match.
 """
 
 from __future__ import annotations
@@ -117,6 +121,39 @@ def score_peer(system: str, threshold: float, events: list[Event], labels: list[
     return OperatingPoint(system, threshold, report.tp, report.fp, report.fn, report.miss_rate,
                           report.fp * 3600 / audio_seconds,
                           every_keyword.fp * 3600 / audio_seconds)
+
+
+def load_peer(path: Path, audio_seconds: float, labels: list[Label],
+              keywords: list[str]) -> tuple[dict[str, list[OperatingPoint]], dict[str, Any]]:
+    """Read pocketsphinx's curves and costs from an earlier results.json of the same stream."""
+    try:
+        earlier = json.loads(path.read_text())
+        points = [OperatingPoint(**point) for point in earlier["points"]
+                  if point["system"].startswith("pocketsphinx")]
+        costs = {system: cost for system, cost in earlier["costs"].items()
+                 if system.startswith("pocketsphinx")}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise SystemExit(f"bench_det: cannot read pocketsphinx's points from {path}: "
+                         f"{error}") from error
+    references = sum(1 for label in labels if label.label in keywords)
+    mismatch = []
+    if abs(float(earlier["audio_seconds"]) - audio_seconds) > 0.5:
+        mismatch.append(f"{earlier['audio_seconds']} s of audio, this stream has "
+                        f"{audio_seconds} s")
+    if earlier["keywords"] != keywords:
+        mismatch.append(f"keywords {earlier['keywords']}, this stream has {keywords}")
+    if points and points[0].tp + points[0].fn != references:
+        mismatch.append(f"{points[0].tp + points[0].fn} keyword references, this stream has "
+                        f"{references}")
+    if mismatch or not points:
+        raise SystemExit(f"bench_det: {path} is not from this stream: "
+                         f"{'; '.join(mismatch) or 'it has no pocketsphinx points'}")
+    curves: dict[str, list[OperatingPoint]] = {}
+    for point in points:
+        curves.setdefault(point.system, []).append(point)
+    for cost in costs.values():
+        cost["from"] = str(path)
+    return curves, costs
 
 
 def kwstream_points(det_csv: Path, keywords: list[str], audio_seconds: float,
@@ -228,8 +265,11 @@ def main() -> int:
     parser.add_argument("--model", type=Path, metavar="PATH",
                         help="kwstream model (default: the shipped model)")
     parser.add_argument("--no-peer", action="store_true", help="measure kwstream alone")
+    parser.add_argument("--peer-from", type=Path, metavar="RESULTS",
+                        help="take pocketsphinx's points from this earlier results.json of the "
+                             "same stream instead of running it")
     args = parser.parse_args()
-    if not args.no_peer:
+    if not args.no_peer and args.peer_from is None:
         check_peer_environment()
     args.out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -245,7 +285,11 @@ def main() -> int:
         "cpu_seconds_per_audio_hour": report["cpu_seconds"] / audio_seconds * 3600,
     }}
 
-    if not args.no_peer:
+    if args.peer_from is not None and not args.no_peer:
+        peer_curves, peer_costs = load_peer(args.peer_from, audio_seconds, labels, keywords)
+        curves.update(peer_curves)
+        costs.update(peer_costs)
+    elif not args.no_peer:
         jobs = [(threshold, segmentation) for segmentation in SEGMENTATIONS
                 for threshold in PEER_THRESHOLDS]
         with ThreadPoolExecutor(max_workers=PARALLEL_PEER_RUNS) as pool:

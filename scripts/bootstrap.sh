@@ -15,11 +15,15 @@ APT_PACKAGES=(
     prometheus                                        # Prometheus server and promtool
     wamerican                                         # English word list for the _unknown_ class
 )
+# Diphone voices for training, in Debian's contrib and non-free components: mbrola's US and
+# British English voices (spoken through espeak-ng) and SVOX pico.
+VOICE_PACKAGES=(mbrola mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1 libttspico-utils)
+NONFREE_SOURCES=/etc/apt/sources.list.d/kwstream-contrib-non-free.sources
 PYTHON=${PYTHON:-python3.11}
 EXTRAS=${KWSTREAM_EXTRAS:-test,train}
 
 missing=()
-for package in "${APT_PACKAGES[@]}"; do
+for package in "${APT_PACKAGES[@]}" "${VOICE_PACKAGES[@]}"; do
     [[ $package == \#* ]] && continue
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
         || missing+=("$package")
@@ -31,6 +35,15 @@ if ((${#missing[@]})); then
         exit 1
     fi
     echo "bootstrap: installing ${missing[*]}" >&2
+    if [[ -z $(apt-cache policy libttspico-utils 2>/dev/null | grep -v '(none)' | grep Candidate) ]]
+    then
+        # shellcheck disable=SC1091
+        codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
+        echo "bootstrap: enabling Debian's contrib and non-free components in $NONFREE_SOURCES" >&2
+        printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: %s %s-updates\n%s\n%s\n' \
+            "$codename" "$codename" "Components: contrib non-free" \
+            "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg" > "$NONFREE_SOURCES"
+    fi
     apt-get update -q
     # The mosquitto and prometheus packages would start system-wide services; the tests start
     # their own instances on loopback, so keep the package scripts from starting daemons.

@@ -17,8 +17,8 @@ from kwstream.training.recipe import load_recipe
 TINY_RECIPE = Path(__file__).parent / "data" / "tiny.toml"
 
 needs_voices = pytest.mark.skipif(
-    shutil.which("espeak-ng") is None or shutil.which("flite") is None,
-    reason="needs the espeak-ng and flite binaries",
+    any(shutil.which(name) is None for name in ("espeak-ng", "flite", "pico2wave")),
+    reason="needs the espeak-ng, flite and pico2wave binaries",
 )
 
 
@@ -182,3 +182,68 @@ def test_class_weights_factor_applies_after_cap() -> None:
     labels = np.array([0] + [1] * 99)
     assert class_weights(labels, 2)[0] == pytest.approx(4.0)
     assert class_weights(labels, 2, {0: 2.0})[0] == pytest.approx(8.0)
+
+
+needs_diphone_voices = pytest.mark.skipif(
+    shutil.which("pico2wave") is None or not Path("/usr/share/mbrola/us1/us1").is_file(),
+    reason="needs pico2wave and mbrola-us1 (Debian contrib and non-free; scripts/bootstrap.sh)",
+)
+
+
+@needs_diphone_voices
+@pytest.mark.parametrize(("engine", "voice"), [("pico", "en-US"), ("pico", "en-GB"),
+                                               ("espeak-ng", "mb-us1")])
+def test_diphone_voices_follow_speed(engine: str, voice: str) -> None:
+    from kwstream.training.engines import Utterance, check_voice, synthesize
+
+    check_voice(engine, voice, ("",))
+    slow, fast = synthesize(engine, voice, [Utterance("seven.", speed=0.7),
+                                            Utterance("seven.", speed=1.3)], {})
+    for audio in (slow, fast):
+        assert audio.dtype == np.float32
+        assert 0.05 < float(np.abs(audio).max()) <= 1.0
+    # 16 kHz output: "seven" lasts well under 2 s at any of these rates.
+    assert 0.2 * 16000 < fast.size < slow.size < 2.0 * 16000
+
+
+@needs_diphone_voices
+def test_pico_markup_in_text_is_spoken_as_text() -> None:
+    from kwstream.training.engines import Utterance, synthesize
+
+    (plain,) = synthesize("pico", "en-US", [Utterance("speed level='20' stop.")], {})
+    (marked,) = synthesize("pico", "en-US", [Utterance("<speed level='20'>stop.")], {})
+    # Markup inside the text must not reach pico: it is read out as words, like the plain text.
+    # Obeyed, a rate of 20 % would make the short "stop." about 5 times longer instead.
+    assert abs(marked.size - plain.size) < 0.2 * plain.size
+
+
+def test_mbrola_voice_without_database_is_named(monkeypatch: pytest.MonkeyPatch,
+                                                tmp_path: Path) -> None:
+    from kwstream.training import engines
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("needs espeak-ng")
+    monkeypatch.setattr(engines, "MBROLA_ROOT", tmp_path)
+    with pytest.raises(RecipeError, match=r"mbrola-us1.*contrib and non-free"):
+        engines.check_voice("espeak-ng", "mb-us1", ())
+    with pytest.raises(RecipeError, match="no mbrola voice 'mb-zz9'"):
+        engines.check_voice("espeak-ng", "mb-zz9", ())
+
+
+@needs_diphone_voices
+def test_mbrola_voice_rejects_variants() -> None:
+    from kwstream.training.engines import check_voice
+
+    with pytest.raises(RecipeError, match=r"mb-us1.*takes no variants"):
+        check_voice("espeak-ng", "mb-us1", ("", "m3"))
+
+
+def test_pico_voice_and_binary_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kwstream.training.engines import check_voice
+
+    if shutil.which("pico2wave") is not None:
+        with pytest.raises(RecipeError, match="pico voice 'de-DE'"):
+            check_voice("pico", "de-DE", ())
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(RecipeError, match=r"pico2wave.*libttspico-utils"):
+        check_voice("pico", "en-US", ())

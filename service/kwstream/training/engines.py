@@ -1,8 +1,9 @@
 """Text-to-speech engines that synthesize training speech offline, each returning 16 kHz audio.
 
 Every engine takes a list of :class:`Utterance` for one voice and returns one float32 array in
-[-1, 1] per utterance. Engines run as subprocesses (espeak-ng, flite, festival), so a worker
-process can call them without sharing state.
+[-1, 1] per utterance. Engines run as subprocesses (espeak-ng, flite, festival, pico2wave), so
+a worker process can call them without sharing state. espeak-ng also speaks through mbrola's
+diphone voices (``mb-us1`` ...), which Debian ships in its contrib and non-free components.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ FLITE_VOICES = ("kal", "kal16", "awb", "rms", "slt")
 # Mean F0 in Hz that flite's voices use by default, the base that pitch factors scale.
 FLITE_BASE_F0_HZ = {"kal": 105.0, "kal16": 105.0, "awb": 110.0, "rms": 100.0, "slt": 170.0}
 FESTIVAL_BASE_F0_HZ = {"kal_diphone": 105.0}
+PICO_VOICES = ("en-US", "en-GB")
+MBROLA_ROOT = Path("/usr/share/mbrola")
+NONFREE_HINT = "Debian's contrib and non-free components; scripts/bootstrap.sh enables them"
 
 
 @dataclass(frozen=True)
@@ -72,8 +76,10 @@ def _parse_streamed_wav(data: bytes, source: str) -> tuple[np.ndarray, int]:
 def require_binary(name: str) -> str:
     path = shutil.which(name)
     if path is None:
+        package = {"text2wave": "festival", "pico2wave": "libttspico-utils"}.get(name, name)
+        hint = f", from {NONFREE_HINT}" if package == "libttspico-utils" else ""
         raise RecipeError(f"TTS binary {name!r} not found on PATH (install the Debian package "
-                          f"{name if name != 'text2wave' else 'festival'})")
+                          f"{package}{hint})")
     return path
 
 
@@ -88,6 +94,21 @@ def espeak_voices() -> set[str]:
         if len(fields) >= 2:
             names.add(fields[1])
     return names
+
+
+def mbrola_voices() -> dict[str, bool]:
+    """Map espeak-ng's mbrola voice names (``mb-us1``) to whether mbrola's data is installed."""
+    binary = require_binary("espeak-ng")
+    output = subprocess.run([binary, "--voices=mb"], capture_output=True, text=True,
+                            check=True).stdout
+    voices = {}
+    for line in output.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 5 and fields[4].startswith("mb/"):
+            name = fields[4][3:]
+            database = name.split("-")[1]
+            voices[name] = (MBROLA_ROOT / database / database).is_file()
+    return voices
 
 
 def espeak_variants() -> set[str]:
@@ -122,7 +143,18 @@ def festival_voices() -> set[str]:
 
 def check_voice(engine: str, name: str, variants: tuple[str, ...]) -> None:
     """Raise RecipeError when the engine binary, the voice or a variant is not installed."""
-    if engine == "espeak-ng":
+    if engine == "espeak-ng" and name.startswith("mb-"):
+        installed = mbrola_voices()
+        if name not in installed:
+            raise RecipeError(f"espeak-ng has no mbrola voice {name!r} "
+                              f"(see `espeak-ng --voices=mb`)")
+        if not installed[name]:
+            raise RecipeError(f"mbrola voice {name!r} needs the Debian packages mbrola and "
+                              f"mbrola-{name[3:]}, from {NONFREE_HINT}")
+        if any(variants):
+            raise RecipeError(f"espeak-ng voice {name!r} is an mbrola voice and takes no "
+                              f"variants; set variants = [\"\"] for it")
+    elif engine == "espeak-ng":
         if name not in espeak_voices():
             raise RecipeError(f"espeak-ng voice {name!r} is not installed "
                               f"(see `espeak-ng --voices=en`)")
@@ -138,6 +170,11 @@ def check_voice(engine: str, name: str, variants: tuple[str, ...]) -> None:
         if name not in festival_voices():
             raise RecipeError(f"festival voice {name!r} is not installed under "
                               f"/usr/share/festival/voices")
+    elif engine == "pico":
+        require_binary("pico2wave")
+        if name not in PICO_VOICES:
+            raise RecipeError(f"pico voice {name!r} is not an English pico voice "
+                              f"(known: {', '.join(PICO_VOICES)})")
     elif engine in ("piper", "kokoro"):
         from kwstream.training import neural
 
@@ -156,6 +193,9 @@ def synthesize(engine: str, name: str, utterances: list[Utterance],
             return [_flite(name, u, options, Path(folder)) for u in utterances]
     if engine == "festival":
         return _festival(name, utterances, options)
+    if engine == "pico":
+        with tempfile.TemporaryDirectory(prefix="kwstream-pico-") as folder:
+            return [_pico(name, u, Path(folder)) for u in utterances]
     if engine in ("piper", "kokoro"):
         from kwstream.training import neural
 
@@ -194,6 +234,22 @@ def _flite(name: str, utterance: Utterance, options: dict[str, object],
         raise RuntimeError(f"flite -voice {name} failed on {text!r}: "
                            f"{result.stderr.decode(errors='replace').strip()}")
     audio, rate = soundfile.read(target, dtype="int16")
+    return _to_float(audio, rate)
+
+
+def _pico(name: str, utterance: Utterance, folder: Path) -> np.ndarray:
+    """Speak with pico2wave; its markup sets the rate and pitch in percent of the default."""
+    target = folder / "out.wav"
+    text = utterance.text.replace("<", " ").replace(">", " ")
+    markup = (f"<speed level='{round(100 * utterance.speed)}'>"
+              f"<pitch level='{round(100 * utterance.pitch)}'>{text}</pitch></speed>")
+    result = subprocess.run(["pico2wave", "-l", name, "-w", str(target), markup],
+                            capture_output=True, check=False)
+    if result.returncode != 0 or not target.is_file():
+        raise RuntimeError(f"pico2wave -l {name} failed on {text!r}: "
+                           f"{result.stderr.decode(errors='replace').strip()}")
+    audio, rate = soundfile.read(target, dtype="int16")
+    target.unlink()
     return _to_float(audio, rate)
 
 

@@ -16,7 +16,7 @@ from kwstream.frontend import FrontendParams
 from kwstream.modelcard import NON_KEYWORD_LABELS, SILENCE_LABEL, UNKNOWN_LABEL, SmootherSettings
 
 SPLITS = ("train", "validation", "test")
-ENGINES = ("espeak-ng", "flite", "festival", "piper", "kokoro")
+ENGINES = ("espeak-ng", "flite", "festival", "pico", "piper", "kokoro")
 
 
 @dataclass(frozen=True)
