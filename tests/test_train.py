@@ -67,6 +67,11 @@ def test_train_tiny_model_end_to_end(tmp_path: Path) -> None:
     metrics = json.loads(model_path.with_suffix(".json").read_text())["metrics"]
     assert metrics["test_voices"]["clips"] > 0
     assert 0.0 <= metrics["test_voices"]["accuracy"] <= 1.0
+    # The card's thresholds come from the validation stream; the clip rule only seeded them.
+    chosen = metrics["validation_stream"]["thresholds"]["per_keyword"]
+    assert {name: row["threshold"] for name, row in chosen.items()} == card.thresholds
+    assert set(metrics["clip_thresholds"]) == {"yes", "no", "up"}
+    assert "false accepts per hour" in metrics["threshold_rule"]
 
 
 def test_recipe_rejects_unknown_engine(tmp_path: Path) -> None:

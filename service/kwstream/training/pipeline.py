@@ -1,8 +1,8 @@
 """The training pipeline behind ``kwstream train``: synthesis to model card, step by step.
 
 Steps: check the voices, synthesize the speech corpus (cached), augment it into feature
-windows, train the Keras DS-CNN and export a full-integer int8 .tflite. Then pick thresholds
-and smoother defaults on the validation voices, evaluate on the test voices and on real
+windows, train the Keras DS-CNN and export a full-integer int8 .tflite. Then pick the smoother
+defaults and the thresholds on the validation voices, evaluate on the test voices and on real
 speech, measure the TFLite Micro arena, and write the model card.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from kwstream.errors import RecipeError
-from kwstream.modelcard import ModelCard, file_sha256
+from kwstream.modelcard import ModelCard, SmootherSettings, file_sha256
 from kwstream.training import corpus, dataset, evaluate, export, report, smoothing
 from kwstream.training.engines import check_voice
 from kwstream.training.recipe import SPLITS, Recipe
@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 MAX_MODEL_BYTES = 64 * 1024
 MAX_ARENA_BYTES = 48 * 1024
+# Modules of this package whose code changes the trained weights.
+TRAINING_CODE = ("augment", "corpus", "dataset", "engines", "model", "neural", "recipe")
 
 
 @contextlib.contextmanager
@@ -104,16 +106,9 @@ def run(recipe: Recipe, cache_dir: Path, out_dir: Path, processes: int | None = 
         ops = export.op_types(model_path)
 
     with step("evaluation", timings):
-        metrics = evaluate_model(recipe, model_path, keras_model, data, fit)
+        metrics, smoother = evaluate_model(recipe, model_path, keras_model, data, fit,
+                                           validation_words)
         metrics["ops"] = ops
-
-    with step("smoother tuning", timings):
-        smoother, metrics["validation_stream"] = smoothing.tune(
-            model_path, recipe.frontend, validation_words, recipe.labels,
-            metrics["thresholds"], recipe.seed)
-        if recipe.smoother is not None:
-            smoother = recipe.smoother
-            metrics["validation_stream"]["note"] = "smoother fixed by the recipe"
 
     with step("arena", timings):
         arena = export.measure_arena(model_path)
@@ -165,8 +160,9 @@ def _train_or_reuse(recipe: Recipe, data: dict[str, dataset.SplitData],
 
     from kwstream.training import model as model_module
 
-    # The key covers the recipe and the training code, so a change to either retrains.
-    sources = sorted(Path(model_module.__file__).parent.glob("*.py"))
+    # The key covers the recipe and the code that shapes the training data and the model: a
+    # change to either retrains. Export, evaluation and thresholds run again on every call.
+    sources = sorted(Path(model_module.__file__).parent / f"{name}.py" for name in TRAINING_CODE)
     digest = corpus.stable_seed(recipe.content, *(p.read_text() for p in sources))
     folder = cache_dir / "models"
     folder.mkdir(parents=True, exist_ok=True)
@@ -201,26 +197,54 @@ def _display_path(path: Path) -> str:
 
 
 def evaluate_model(recipe: Recipe, model_path: Path, keras_model: Any,
-                   data: dict[str, dataset.SplitData], fit: dict[str, Any]) -> dict[str, Any]:
-    """Measure the int8 model with LiteRT's default kernels; thresholds come from validation."""
+                   data: dict[str, dataset.SplitData], fit: dict[str, Any],
+                   validation_words: list[tuple[int, np.ndarray]],
+                   ) -> tuple[dict[str, Any], SmootherSettings]:
+    """Measure the int8 model with LiteRT's default kernels.
+
+    The smoother defaults and the thresholds come from the validation voices: clip thresholds
+    seed the smoother tuning on a stream of validation words, and, when the recipe sets
+    ``stream_false_accepts_per_hour``, the same stream then sets the card's thresholds.
+    """
     labels = recipe.labels
+    spec = recipe.thresholds
     posteriors = {split: export.run_litert(model_path, data[split].features)
                   for split in ("validation", "test")}
-    thresholds = evaluate.select_thresholds(
+    clip_thresholds = evaluate.select_thresholds(
         posteriors["validation"], data["validation"].labels, labels,
-        recipe.thresholds.max_false_accept, recipe.thresholds.minimum, recipe.thresholds.maximum)
+        spec.max_false_accept, spec.minimum, spec.maximum)
+    clip_rule = (f"lowest threshold in [{spec.minimum}, {spec.maximum}] with at most "
+                 f"{spec.max_false_accept:.2%} of other validation clips at or above it")
     metrics: dict[str, Any] = {
         "measured_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "runtime": "ai_edge_litert Interpreter, default kernels, int8 model",
-        "thresholds": thresholds,
-        "threshold_rule": f"lowest threshold in [{recipe.thresholds.minimum}, "
-                          f"{recipe.thresholds.maximum}] with at most "
-                          f"{recipe.thresholds.max_false_accept:.2%} of other validation clips "
-                          f"at or above it",
         "training": {"best_epoch": fit["best_epoch"],
                      "float_validation_accuracy": round(fit["best_validation_accuracy"], 4),
                      "epochs": recipe.train.epochs},
     }
+
+    stream = smoothing.validation_stream(model_path, recipe.frontend, validation_words,
+                                         recipe.seed, spec.stream_words)
+    smoother, metrics["validation_stream"] = smoothing.tune(stream, labels, clip_thresholds)
+    if recipe.smoother is not None:
+        smoother = recipe.smoother
+        metrics["validation_stream"]["note"] = "smoother fixed by the recipe"
+    if spec.stream_false_accepts_per_hour is None:
+        thresholds = clip_thresholds
+        metrics["threshold_rule"] = clip_rule
+    else:
+        keyword_ids = np.array([i for i, label in enumerate(labels) if label in clip_thresholds])
+        thresholds, metrics["validation_stream"]["thresholds"] = smoothing.stream_thresholds(
+            stream.posteriors, stream.end_ms, stream.references, labels, keyword_ids, smoother,
+            spec.stream_false_accepts_per_hour, spec.minimum, spec.maximum)
+        metrics["clip_thresholds"] = clip_thresholds
+        metrics["threshold_rule"] = (
+            f"lowest threshold in [{spec.minimum}, {spec.maximum}] (steps of 0.01) with at most "
+            f"{spec.stream_false_accepts_per_hour:g} false accepts per hour of that keyword on a "
+            f"{stream.seconds / 3600:.2f}-hour stream of validation words, with the card's "
+            f"smoother; the smoother was tuned with the clip thresholds ({clip_rule})")
+    metrics["thresholds"] = thresholds
+
     for split in ("validation", "test"):
         summary = evaluate.clip_metrics(posteriors[split], data[split].labels, labels)
         summary["at_thresholds"] = evaluate.detection_rates(posteriors[split],
@@ -252,7 +276,7 @@ def evaluate_model(recipe: Recipe, model_path: Path, keras_model: Any,
         metrics["allison"]["note"] = (
             "real human speech (one female speaker, asterisk-core-sounds-en-g722), never "
             "used for training, thresholds or model selection")
-    return metrics
+    return metrics, smoother
 
 
 def validate_output_dir(path: Path) -> None:

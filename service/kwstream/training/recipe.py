@@ -111,6 +111,12 @@ class ThresholdSpec:
     """Largest share of validation non-keyword clips (and other keywords) above a threshold."""
     minimum: float = 0.5
     maximum: float = 0.95
+    stream_false_accepts_per_hour: float | None = None
+    """When set, each keyword's threshold is chosen on the validation stream instead: the
+    lowest one whose false accepts stay within this rate. The clip rule above then only
+    seeds the smoother tuning."""
+    stream_words: int = 400
+    """Validation words in the stream that tunes the smoother (and the thresholds)."""
 
 
 @dataclass(frozen=True)
@@ -309,6 +315,10 @@ def parse_recipe(data: dict[str, Any], path: Path, content: str = "") -> Recipe:
         max_false_accept=threshold_section.number("max_false_accept", 0.005, 0.0, 1.0),
         minimum=threshold_section.number("minimum", 0.5, 0.01, 1.0),
         maximum=threshold_section.number("maximum", 0.95, 0.01, 1.0),
+        stream_false_accepts_per_hour=(
+            threshold_section.number("stream_false_accepts_per_hour", 0.0, 0.0, 1000.0)
+            if "stream_false_accepts_per_hour" in threshold_section.data else None),
+        stream_words=threshold_section.integer("stream_words", 400, 10),
     )
     threshold_section.check_unknown()
     evaluation_section = root.section("evaluation")
