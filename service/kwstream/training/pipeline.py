@@ -13,6 +13,7 @@ import datetime
 import logging
 import os
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -85,8 +86,7 @@ def run(recipe: Recipe, cache_dir: Path, out_dir: Path, processes: int | None = 
             "test": dataset.build_split(recipe, "test", items["test"], recordings, 1, False,
                                         processes),
         }
-        validation_words = [(item.label, item.audio) for item in items["validation"]
-                            if item.kind == dataset.KIND_CLIP]
+        validation_words = stream_pieces(items["validation"])
         del speech, items
         dataset.ensure_labels_present(recipe, data)
         for split, split_data in data.items():
@@ -161,9 +161,13 @@ def _train_or_reuse(recipe: Recipe, data: dict[str, dataset.SplitData],
     from kwstream.training import model as model_module
 
     # The key covers the recipe and the code that shapes the training data and the model: a
-    # change to either retrains. Export, evaluation and thresholds run again on every call.
+    # change to either retrains. Export, evaluation and thresholds run again on every call,
+    # so the recipe's threshold, smoother and evaluation tables stay out of the key.
     sources = sorted(Path(model_module.__file__).parent / f"{name}.py" for name in TRAINING_CODE)
-    digest = corpus.stable_seed(recipe.content, *(p.read_text() for p in sources))
+    training_part = {key: value for key, value in tomllib.loads(recipe.content).items()
+                     if key not in ("thresholds", "smoother", "evaluation")}
+    digest = corpus.stable_seed(json.dumps(training_part, sort_keys=True),
+                                *(p.read_text() for p in sources))
     folder = cache_dir / "models"
     folder.mkdir(parents=True, exist_ok=True)
     saved = folder / f"{recipe.id}-{digest[0]:08x}{digest[1]:08x}.keras"
@@ -188,6 +192,17 @@ def _train_or_reuse(recipe: Recipe, data: dict[str, dataset.SplitData],
     temporary.replace(saved)
     history.write_text(json.dumps(fit))
     return keras_model, fit
+
+
+def stream_pieces(items: list[dataset.Item]) -> list[tuple[int, np.ndarray]]:
+    """Return the words and running speech that the validation stream strings together.
+
+    Sentence excerpts overlap by half their length, so every second one is kept: running
+    speech without keywords is where a streaming detector meets most false accepts.
+    """
+    words = [(item.label, item.audio) for item in items if item.kind == dataset.KIND_CLIP]
+    excerpts = [(item.label, item.audio) for item in items if item.kind == dataset.KIND_EXCERPT]
+    return words + excerpts[::2]
 
 
 def _display_path(path: Path) -> str:

@@ -97,10 +97,26 @@ def _measurements(card: ModelCard) -> list[str]:
         lines += [
             "",
             f"Smoother defaults: chosen on a {stream['stream_seconds']} s stream of "
-            f"{stream['words']} validation words ({stream['keywords']} keywords): precision "
+            f"{stream['words']} validation words and running-speech excerpts "
+            f"({stream['keywords']} keywords), with the clip thresholds: precision "
             f"{_percent(chosen['precision'])}, recall {_percent(chosen['recall'])}, "
             f"{stream['false_accepts_per_hour']:.0f} false accepts per hour.",
         ]
+        chosen_thresholds = stream.get("thresholds")
+        if chosen_thresholds:
+            lines += [
+                "",
+                f"Thresholds: chosen on the same stream "
+                f"({chosen_thresholds['stream_hours']} hours) with the smoother defaults, at "
+                f"most {chosen_thresholds['allowed_false_accepts']} false accepts per keyword. "
+                f"Recall and false accepts of each keyword on that stream:",
+                "",
+                "| keyword | threshold | references | recall | false accepts |",
+                "|---|---|---|---|---|",
+            ]
+            for name, row in chosen_thresholds["per_keyword"].items():
+                lines.append(f"| {name} | {row['threshold']:.2f} | {row['references']} | "
+                             f"{_percent(row['recall'])} | {row['fp']} |")
 
     agreement = metrics.get("kernel_agreement", {})
     if agreement:

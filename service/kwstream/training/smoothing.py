@@ -67,7 +67,12 @@ def build_stream(words: list[tuple[int, np.ndarray]], seed: int,
         position = start + word.size
     pieces.append(np.zeros(augment.SAMPLE_RATE, np.float32))
     stream = np.concatenate(pieces)
-    stream = augment.add_noise_floor(rng, stream, (-70.0, -55.0))
+    # The noise floor is shaped one minute at a time: the FFT of an hours-long signal at once
+    # takes gigabytes.
+    minute = 60 * augment.SAMPLE_RATE
+    for start in range(0, stream.size, minute):
+        stream[start:start + minute] = augment.add_noise_floor(
+            rng, stream[start:start + minute], (-70.0, -55.0))
     return stream, references
 
 
@@ -80,7 +85,14 @@ def stream_posteriors(model_path: Path, stream: np.ndarray, frontend: FrontendPa
     """
     from kwstream.training.export import run_litert
 
-    rows = log_mel_rows(stream, frontend)
+    # Rows are computed a chunk of audio at a time too: the spectrum of a whole hour at once
+    # takes gigabytes. Each row depends only on its own samples, so the rows are the same.
+    hop, width = frontend.hop_samples, frontend.window_samples
+    total_rows = 0 if stream.size < width else 1 + (stream.size - width) // hop
+    rows = np.concatenate(
+        [log_mel_rows(stream[first * hop:(min(first + chunk, total_rows) - 1) * hop + width],
+                      frontend) for first in range(0, total_rows, chunk)]
+        or [np.zeros((0, frontend.num_bands), dtype=np.float32)])
     count = max(rows.shape[0] - frontend.window_rows + 1, 0)
     parts = []
     for start in range(0, count, chunk):
