@@ -191,3 +191,13 @@ def test_zero_block_length_rejected(tmp_path):
 @needs_model
 def test_empty_stdin_is_an_error():
     _assert_one_error(_run("replay", "-", stdin=b""), "no audio samples")
+
+
+def test_streams_error_names_the_action(tmp_path: Path) -> None:
+    result = _run("streams", "make", "--out", str(tmp_path / "s.wav"), "--labels-out",
+                  str(tmp_path / "s.csv"), "--duration-s", "-5", "--seed", "1")
+    _assert_one_error(result, "kwstream streams make: error:", "--duration-s", "-5")
+
+    result = _run("streams", "extract", "--mode", "silence", "--audio", str(tmp_path / "s.wav"),
+                  "--labels", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "clips"))
+    _assert_one_error(result, "kwstream streams extract: error:", "missing.csv")

@@ -43,15 +43,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=args.log_level, stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # A command with actions (``streams make``) names the action too, as argparse does.
+    action = getattr(args, f"{args.command}_command", None)
+    command = f"kwstream {args.command}" + (f" {action}" if action else "")
     try:
         return int(args.handler(args))
     except KwstreamError as error:
-        print(f"kwstream {args.command}: error: {error}", file=sys.stderr)
+        print(f"{command}: error: {error}", file=sys.stderr)
         return EXIT_ERROR
     except OSError as error:
         # A file or folder that cannot be created or written (a path through a file, a full
         # disk, no permission): the system's message names the path.
-        print(f"kwstream {args.command}: error: {error}", file=sys.stderr)
+        print(f"{command}: error: {error}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
