@@ -108,8 +108,9 @@ def _measurements(card: ModelCard) -> list[str]:
                 "",
                 f"Thresholds: chosen on the same stream "
                 f"({chosen_thresholds['stream_hours']} hours) with the smoother defaults, at "
-                f"most {chosen_thresholds['allowed_false_accepts']} false accepts per keyword. "
-                f"Recall and false accepts of each keyword on that stream:",
+                f"most {chosen_thresholds['allowed_false_accepts']} false accepts per keyword; "
+                f"a keyword with more even at the highest threshold keeps that one. Recall and "
+                f"false accepts of each keyword on that stream:",
                 "",
                 "| keyword | threshold | references | recall | false accepts |",
                 "|---|---|---|---|---|",
