@@ -67,6 +67,12 @@ def test_train_tiny_model_end_to_end(tmp_path: Path) -> None:
     metrics = json.loads(model_path.with_suffix(".json").read_text())["metrics"]
     assert metrics["test_voices"]["clips"] > 0
     assert 0.0 <= metrics["test_voices"]["accuracy"] <= 1.0
+    per_voice = metrics["test_voices"]["per_voice"]
+    assert set(per_voice) == {"flite:rms", "noise"}
+    assert per_voice["flite:rms"]["clips"] + per_voice["noise"]["clips"] == \
+        metrics["test_voices"]["clips"]
+    assert set(per_voice["flite:rms"]["weakest_keywords"]) <= {"yes", "no", "up"}
+    assert "flite:rms" in model_path.with_suffix(".md").read_text()
     # The card's thresholds come from the validation stream; the clip rule only seeded them.
     chosen = metrics["validation_stream"]["thresholds"]["per_keyword"]
     assert {name: row["threshold"] for name, row in chosen.items()} == card.thresholds
@@ -252,3 +258,20 @@ def test_pico_voice_and_binary_are_named(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(RecipeError, match=r"pico2wave.*libttspico-utils"):
         check_voice("pico", "en-US", ())
+
+
+def test_per_voice_names_weakest_keywords() -> None:
+    from kwstream.training.evaluate import per_voice
+
+    names = ("_silence_", "_unknown_", "yes", "no")
+    labels = np.array([2, 2, 3, 3, 2, 3, 1])
+    predicted = np.array([2, 3, 3, 3, 2, 2, 1])
+    voices = ["a", "a", "a", "a", "b", "b", "b"]
+    result = per_voice(np.eye(len(names))[predicted], labels, voices, names, weakest=1)
+
+    assert result["a"]["clips"] == 4
+    assert result["a"]["accuracy"] == 0.75
+    assert result["a"]["weakest_keywords"] == {"yes": 0.5}
+    assert result["b"]["accuracy"] == 2 / 3
+    # _unknown_ is not a keyword, so b's weakest is "no", never right.
+    assert result["b"]["weakest_keywords"] == {"no": 0.0}

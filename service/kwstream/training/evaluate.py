@@ -50,6 +50,30 @@ def clip_metrics(posteriors: np.ndarray, labels: np.ndarray,
     }
 
 
+def per_voice(posteriors: np.ndarray, labels: np.ndarray, voices: list[str],
+              names: tuple[str, ...], weakest: int = 3) -> dict[str, Any]:
+    """Clip accuracy of each voice, with its ``weakest`` keywords by recall.
+
+    A synthetic voice speaks each word one way, so a keyword's recall tends to be all or nothing
+    per voice; this shows which voice a low recall comes from.
+    """
+    predicted = posteriors.argmax(axis=1) if len(posteriors) else np.zeros(0, int)
+    voice_of = np.array(voices)
+    result: dict[str, Any] = {}
+    for voice in sorted(set(voices)):
+        mask = voice_of == voice
+        recalls = {}
+        for index, name in enumerate(names):
+            keyword = mask & (labels == index)
+            if name not in NON_KEYWORD_LABELS and keyword.any():
+                recalls[name] = float(np.mean(predicted[keyword] == index))
+        lowest = sorted(recalls.items(), key=lambda item: item[1])[:weakest]
+        result[voice] = {"clips": int(mask.sum()),
+                         "accuracy": float(np.mean(predicted[mask] == labels[mask])),
+                         "weakest_keywords": dict(lowest)}
+    return result
+
+
 def select_thresholds(posteriors: np.ndarray, labels: np.ndarray, names: tuple[str, ...],
                       max_false_accept: float, minimum: float,
                       maximum: float) -> dict[str, float]:

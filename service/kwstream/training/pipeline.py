@@ -265,6 +265,8 @@ def evaluate_model(recipe: Recipe, model_path: Path, keras_model: Any,
         summary["at_thresholds"] = evaluate.detection_rates(posteriors[split],
                                                             data[split].labels, labels,
                                                             thresholds)
+        summary["per_voice"] = evaluate.per_voice(posteriors[split], data[split].labels,
+                                                  data[split].voices, labels)
         metrics[f"{split}_voices"] = summary
     metrics["test_voices"]["note"] = (
         "held out: no test voice is in the training or validation split")

@@ -79,6 +79,16 @@ def _measurements(card: ModelCard) -> list[str]:
             lines.append(f"| {title} (real speech) | {entry['clips']} | "
                          f"{_percent(entry['accuracy'])} | |")
 
+    voices = test.get("per_voice")
+    if voices:
+        lines += ["", "Test voices one by one (clips include `_silence_` windows under the voice "
+                  "`noise`):", "", "| voice | clips | accuracy | weakest keywords (recall) |",
+                  "|---|---|---|---|"]
+        for voice, entry in voices.items():
+            weakest = ", ".join(f"{k} {_percent(v)}" for k, v in entry["weakest_keywords"].items())
+            lines.append(f"| {voice} | {entry['clips']} | {_percent(entry['accuracy'])} | "
+                         f"{weakest or 'n/a'} |")
+
     prompts = allison.get("non_keyword_prompts")
     if prompts:
         lines += [
