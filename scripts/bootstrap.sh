@@ -16,9 +16,13 @@ APT_PACKAGES=(
     wamerican                                         # English word list for the _unknown_ class
 )
 # Diphone voices for training, in Debian's contrib and non-free components: mbrola's US and
-# British English voices (spoken through espeak-ng) and SVOX pico.
-VOICE_PACKAGES=(mbrola mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1 libttspico-utils)
+# British English voices, its German, French, Dutch and Afrikaans voices that read English with
+# an accent (all spoken through espeak-ng), and SVOX pico.
+VOICE_PACKAGES=(mbrola mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1 mbrola-de1 mbrola-de2
+                mbrola-de3 mbrola-fr1 mbrola-fr4 mbrola-nl2 mbrola-af1 libttspico-utils)
 NONFREE_SOURCES=/etc/apt/sources.list.d/kwstream-contrib-non-free.sources
+# NOTE: the sources file is written for Debian and was run only on bookworm. Raspberry Pi OS
+# lists its own sources, and the Pi needs these voices only for training.
 PYTHON=${PYTHON:-python3.11}
 EXTRAS=${KWSTREAM_EXTRAS:-test,train}
 

@@ -218,7 +218,7 @@ def test_diphone_voices_follow_speed(engine: str, voice: str) -> None:
 
 
 @needs_diphone_voices
-def test_pico_markup_in_text_is_spoken_as_text() -> None:
+def test_pico_reads_markup_as_text() -> None:
     from kwstream.training.engines import Utterance, synthesize
 
     (plain,) = synthesize("pico", "en-US", [Utterance("speed level='20' stop.")], {})
@@ -275,3 +275,16 @@ def test_per_voice_names_weakest_keywords() -> None:
     assert result["b"]["accuracy"] == 2 / 3
     # _unknown_ is not a keyword, so b's weakest is "no", never right.
     assert result["b"]["weakest_keywords"] == {"no": 0.0}
+
+
+def test_bootstrap_installs_recipe_mbrola_voices() -> None:
+    import re
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    recipe = tomllib.loads((root / "models" / "recipes" / "kws20.toml").read_text())
+    installed = set(re.findall(r"mbrola-(\w+)", (root / "scripts" / "bootstrap.sh").read_text()))
+    needed = {voice["name"].split("-")[1] for voice in recipe["voices"]
+              if voice["name"].startswith("mb-")}
+    assert needed
+    assert needed <= installed, f"bootstrap.sh lacks mbrola-{sorted(needed - installed)}"

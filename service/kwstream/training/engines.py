@@ -29,7 +29,7 @@ FLITE_BASE_F0_HZ = {"kal": 105.0, "kal16": 105.0, "awb": 110.0, "rms": 100.0, "s
 FESTIVAL_BASE_F0_HZ = {"kal_diphone": 105.0}
 PICO_VOICES = ("en-US", "en-GB")
 MBROLA_ROOT = Path("/usr/share/mbrola")
-NONFREE_HINT = "Debian's contrib and non-free components; scripts/bootstrap.sh enables them"
+NONFREE_HINT = "Debian's contrib and non-free components (scripts/bootstrap.sh enables them)"
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ def per_voice(posteriors: np.ndarray, labels: np.ndarray, voices: list[str],
     """Clip accuracy of each voice, with its ``weakest`` keywords by recall.
 
     A synthetic voice speaks each word one way, so a keyword's recall tends to be all or nothing
-    per voice; this shows which voice a low recall comes from.
+    per voice. The table shows which voice a low recall comes from.
     """
     predicted = posteriors.argmax(axis=1) if len(posteriors) else np.zeros(0, int)
     voice_of = np.array(voices)

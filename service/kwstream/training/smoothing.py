@@ -78,7 +78,7 @@ def build_stream(words: list[tuple[int, np.ndarray]], seed: int,
 
 def stream_posteriors(model_path: Path, stream: np.ndarray, frontend: FrontendParams,
                       chunk: int = 20000) -> tuple[np.ndarray, np.ndarray]:
-    """Run the int8 model on every hop of a stream; return posteriors and window end times.
+    """Run the int8 model on every hop of a stream and return posteriors and window end times.
 
     The windows equal :func:`kwstream.frontend.feature_windows` at stride 1, built ``chunk``
     at a time so that an hours-long stream does not hold all its windows in memory.
@@ -120,19 +120,19 @@ def smooth(posteriors: np.ndarray, end_ms: np.ndarray,
 
 
 def _suppress(candidates: np.ndarray, end_ms: np.ndarray, suppression_ms: float) -> list[int]:
-    """Keep the candidate inferences that come at least ``suppression_ms`` after the last kept."""
-    kept = []
+    """Return the candidate inferences that come at least ``suppression_ms`` after the last one fired."""
+    fired = []
     last = -np.inf
     for i in candidates:
         if end_ms[i] - last >= suppression_ms:
-            kept.append(int(i))
+            fired.append(int(i))
             last = end_ms[i]
-    return kept
+    return fired
 
 
 def detect(posteriors: np.ndarray, end_ms: np.ndarray, keyword_ids: np.ndarray,
            thresholds: np.ndarray, settings: SmootherSettings) -> list[tuple[int, float]]:
-    """Run the smoother and detector over posteriors (n, classes); return (label, time_ms)."""
+    """Run the smoother and detector over posteriors (n, classes) and return (label, time_ms) pairs."""
     smoothed, counts = smooth(posteriors, end_ms, settings)
     scores = smoothed[:, keyword_ids]
     best = scores.argmax(axis=1)
@@ -143,8 +143,8 @@ def detect(posteriors: np.ndarray, end_ms: np.ndarray, keyword_ids: np.ndarray,
             for i in _suppress(candidates, end_ms, settings.suppression_ms)]
 
 
-def _false_positives(times: np.ndarray, references: list[Reference]) -> tuple[int, int]:
-    """Match detection times of one keyword to its references; return (tp, fp)."""
+def _count_matches(times: np.ndarray, references: list[Reference]) -> tuple[int, int]:
+    """Count true and false positives of one keyword's detection times against its references."""
     matched = np.zeros(len(references), dtype=bool)
     starts = np.array([r.start_ms for r in references])
     ends = np.array([r.end_ms for r in references]) + TOLERANCE_MS
@@ -186,9 +186,9 @@ def stream_thresholds(posteriors: np.ndarray, end_ms: np.ndarray, references: li
         frames = np.flatnonzero(ready & (best == column))
         chosen, counted = float(maximum), (0, 0)
         for threshold in grid:
-            kept = _suppress(frames[best_score[frames] >= threshold], end_ms,
-                             settings.suppression_ms)
-            counted = _false_positives(end_ms[kept], own)
+            fired = _suppress(frames[best_score[frames] >= threshold], end_ms,
+                              settings.suppression_ms)
+            counted = _count_matches(end_ms[fired], own)
             if counted[1] <= allowed:
                 chosen = float(threshold)
                 break
