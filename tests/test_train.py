@@ -111,6 +111,29 @@ def test_recipe_rejects_missing_noise_file(tmp_path: Path) -> None:
         load_recipe(recipe)
 
 
+def test_voice_copies_weigh_one_voice_more(tmp_path: Path) -> None:
+    from kwstream.training.dataset import KIND_CLIP, Item, build_split
+
+    recipe = tmp_path / "copies.toml"
+    recipe.write_text(TINY_RECIPE.read_text().replace('name = "en-US"\nsplit = "train"',
+                                                      'name = "en-US"\nsplit = "train"\ncopies = 3'))
+    loaded = load_recipe(recipe)
+    assert [v.copies for v in loaded.voices if v.engine == "pico"] == [3]
+    assert all(v.copies is None for v in loaded.voices if v.engine != "pico")
+    word = np.random.default_rng(0).normal(0, 0.1, 6000).astype(np.float32)
+    items = [Item(2, KIND_CLIP, word, "pico:en-US"), Item(3, KIND_CLIP, word, "flite:slt")]
+    data = build_split(loaded, "train", items, [], 1, True, processes=1,
+                       voice_copies={"pico:en-US": 3})
+    assert sorted(data.voices) == ["flite:slt"] + ["pico:en-US"] * 3
+    # Each copy draws its own augmentation.
+    copies = data.features[[i for i, v in enumerate(data.voices) if v == "pico:en-US"]]
+    assert not np.array_equal(copies[0], copies[1])
+    bad = tmp_path / "bad.toml"
+    bad.write_text(recipe.read_text().replace("copies = 3", "copies = -1"))
+    with pytest.raises(RecipeError, match=r"voices\[2\]\.copies"):
+        load_recipe(bad)
+
+
 def test_corrupt_noise_file_is_named(tmp_path: Path) -> None:
     from kwstream.training.dataset import load_ambient
 
@@ -215,6 +238,20 @@ def test_diphone_voices_follow_speed(engine: str, voice: str) -> None:
         assert 0.05 < float(np.abs(audio).max()) <= 1.0
     # 16 kHz output: "seven" lasts well under 2 s at any of these rates.
     assert 0.2 * 16000 < fast.size < slow.size < 2.0 * 16000
+
+
+@pytest.mark.skipif(not Path("/usr/share/mbrola/us3/us3").is_file(),
+                    reason="needs mbrola-us3 (Debian non-free; scripts/bootstrap.sh)")
+def test_mbrola_missing_diphone_gives_empty_clip() -> None:
+    from kwstream.training.engines import Utterance, synthesis_revision, synthesize
+
+    # us3 has no diphone for the vowel espeak-ng gives "on"; mbrola would put silence there.
+    on, seven = synthesize("espeak-ng", "mb-us3", [Utterance("on"), Utterance("seven")], {})
+    assert on.size == 0
+    assert seven.size > 0.2 * 16000
+    # Cached mbrola speech is synthesized again, and other voices' cached speech is kept.
+    assert synthesis_revision("espeak-ng", "mb-us3") == 2
+    assert synthesis_revision("espeak-ng", "en-us") == 1
 
 
 @needs_diphone_voices

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 STREAM_KINDS = ("file", "mix", "synthetic")
 MIX_KEYS = ("snr_db", "noise", "unknown_share", "speech_dbfs", "level_jitter_db", "min_gap_ms",
             "max_gap_ms")
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 """Bumped whenever a change here changes the data built for an unchanged suite."""
 SAMPLE_RATE = 16000
 
@@ -356,6 +356,11 @@ def _synthesize_voices(spec: StreamSpec, folder: Path) -> Path:
         audio = synthesize(voice.engine, voice.name, utterances, voice.options)
         safe_voice = voice.key.replace(":", "_").replace("/", "_")
         for number, ((label, text), samples) in enumerate(zip(texts, audio, strict=True)):
+            if samples.size == 0:
+                # The engine cannot say this text (an mbrola database without a diphone of it).
+                log.warning("stream %s: %s could not speak %r; left out", spec.name, voice.key,
+                            text)
+                continue
             if label == "_unknown_":
                 target = folder / "unknown" / f"{safe_voice}_{text.rstrip('.')}_{number}.wav"
             else:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from kwstream.modelcard import UNKNOWN_LABEL
-from kwstream.training.engines import Utterance, synthesize
+from kwstream.training.engines import Utterance, synthesis_revision, synthesize
 from kwstream.training.recipe import Recipe, VoiceSpec
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,8 @@ class SynthesisJob:
             "engine": self.voice.engine,
             "voice": self.voice.name,
             "options": self.voice.options,
+            **({"revision": revision} if (revision := synthesis_revision(
+                self.voice.engine, self.voice.name)) > 1 else {}),
             "utterances": [[u.text, u.variant, round(u.speed, 4), round(u.pitch, 4)]
                            for u in self.utterances],
         }

@@ -91,12 +91,17 @@ def collect_items(recipe: Recipe, speech: list[SpeechSet]) -> dict[str, list[Ite
     label_index = {label: i for i, label in enumerate(recipe.labels)}
     items: dict[str, list[Item]] = {"train": [], "validation": [], "test": []}
     dropped = 0
+    unspoken: dict[tuple[str, str], int] = {}
     for speech_set in speech:
         job = speech_set.job
         split = job.voice.split
         index = label_index[job.label]
         for clip in speech_set.clips:
             audio = clip.astype(np.float32) / 32768.0
+            if audio.size == 0:
+                key = (job.voice.key, job.label if job.kind == KIND_KEYWORD else job.kind)
+                unspoken[key] = unspoken.get(key, 0) + 1
+                continue
             if job.kind == KIND_SENTENCE:
                 trimmed = augment.trim_silence(audio)
                 for start in range(0, max(trimmed.size - augment.CLIP_SAMPLES, 0) + 1,
@@ -113,6 +118,9 @@ def collect_items(recipe: Recipe, speech: list[SpeechSet]) -> dict[str, list[Ite
             if kind is None:
                 raise RuntimeError(f"unexpected job kind {job.kind!r}")
             items[split].append(Item(index, KIND_CLIP, word, job.voice.key))
+    for (voice, label), count in sorted(unspoken.items()):
+        log.warning("%s could not speak %d %s utterance(s) and they were left out", voice, count,
+                    label)
     if dropped:
         log.info("dropped %d synthesized words longer than %.2f s or empty", dropped,
                  MAX_WORD_SAMPLES / augment.SAMPLE_RATE)
@@ -158,14 +166,22 @@ def _featurize(arguments: tuple[list[Item], list[list[int]], bool]) -> np.ndarra
 
 
 def build_split(recipe: Recipe, split: str, items: list[Item], recordings: list[np.ndarray],
-                copies: int, full: bool, processes: int | None = None) -> SplitData:
-    """Augment every item ``copies`` times and return the feature windows, in parallel."""
+                copies: int, full: bool, processes: int | None = None,
+                voice_copies: dict[str, int] | None = None) -> SplitData:
+    """Augment every item ``copies`` times and return the feature windows, in parallel.
+
+    ``voice_copies`` maps a voice key to its own number of copies, which replaces ``copies``
+    for that voice's items (silence clips have the voice "noise").
+    """
     from tqdm import tqdm
 
+    voice_copies = voice_copies or {}
     expanded: list[Item] = []
     seeds: list[list[int]] = []
-    for copy in range(copies):
+    for copy in range(max([copies, *voice_copies.values()])):
         for index, item in enumerate(items):
+            if copy >= voice_copies.get(item.voice, copies):
+                continue
             expanded.append(item)
             seeds.append(stable_seed(recipe.seed, split, index, copy, full))
     speech = _sentence_audio(items)

@@ -29,6 +29,10 @@ FLITE_BASE_F0_HZ = {"kal": 105.0, "kal16": 105.0, "awb": 110.0, "rms": 100.0, "s
 FESTIVAL_BASE_F0_HZ = {"kal_diphone": 105.0}
 PICO_VOICES = ("en-US", "en-GB")
 MBROLA_ROOT = Path("/usr/share/mbrola")
+MBROLA_MISSING_DIPHONE = b"unknown, replaced with"
+"""mbrola's warning when its database lacks a diphone (us3 has none for the vowel of "on")."""
+SYNTHESIS_REVISION = {"mbrola": 2}
+"""Output revision per engine, part of the speech cache key: a bump synthesizes it again."""
 NONFREE_HINT = "Debian's contrib and non-free components (scripts/bootstrap.sh enables them)"
 
 
@@ -71,6 +75,13 @@ def _parse_streamed_wav(data: bytes, source: str) -> tuple[np.ndarray, int]:
             return np.frombuffer(payload, dtype="<i2").copy(), rate
         position += 8 + size
     raise RuntimeError(f"{source} wrote a WAV file without a data chunk")
+
+
+def synthesis_revision(engine: str, name: str) -> int:
+    """Return the revision of an engine's output, part of the speech cache key."""
+    if engine == "espeak-ng" and name.startswith("mb-"):
+        return SYNTHESIS_REVISION["mbrola"]
+    return 1
 
 
 def require_binary(name: str) -> str:
@@ -214,6 +225,10 @@ def _espeak(name: str, utterance: Utterance) -> np.ndarray:
     if result.returncode != 0:
         raise RuntimeError(f"espeak-ng -v {voice} failed on {utterance.text!r}: "
                            f"{result.stderr.decode(errors='replace').strip()}")
+    if name.startswith("mb-") and MBROLA_MISSING_DIPHONE in result.stderr:
+        # mbrola replaced a missing diphone with silence, so the audio does not say the text.
+        # The empty clip is left out of the corpus.
+        return np.zeros(0, dtype=np.float32)
     audio, rate = _parse_streamed_wav(result.stdout, f"espeak-ng -v {voice}")
     return _to_float(audio, rate)
 

@@ -79,8 +79,9 @@ def run(recipe: Recipe, cache_dir: Path, out_dir: Path, processes: int | None = 
     with step("features", timings):
         items = dataset.collect_items(recipe, speech)
         data = {
-            "train": dataset.build_split(recipe, "train", items["train"], recordings,
-                                         recipe.augment.copies, True, processes),
+            "train": dataset.build_split(
+                recipe, "train", items["train"], recordings, recipe.augment.copies, True,
+                processes, {voice.key: voice.copies for voice in recipe.voices if voice.copies}),
             "validation": dataset.build_split(recipe, "validation", items["validation"],
                                               recordings, 1, False, processes),
             "test": dataset.build_split(recipe, "test", items["test"], recordings, 1, False,

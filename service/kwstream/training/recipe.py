@@ -40,6 +40,9 @@ class VoiceSpec:
     """Pitch relative to the voice's default (1.0)."""
     options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     """Engine-specific settings, such as the base pitch of a flite voice."""
+    copies: int | None = None
+    """Augmented copies of this voice's training clips; None takes [augment] copies. More
+    copies weigh a scarce voice (a slow neural engine's) more without synthesizing more."""
 
     @property
     def key(self) -> str:
@@ -407,6 +410,7 @@ def _parse_voices(root: _Section, path: Path) -> list[VoiceSpec]:
             speed_range=pick("speed_range", "pair", (0.85, 1.2)),
             pitch_range=pick("pitch_range", "pair", (0.8, 1.25)),
             options=dict(pick("options", "get", {}, dict)),
+            copies=pick("copies", "integer", 0, 0, 100) or None,
         )
         section.check_unknown()
         if voice.key in seen:
@@ -415,7 +419,7 @@ def _parse_voices(root: _Section, path: Path) -> list[VoiceSpec]:
         voices.append(voice)
     for base in defaults.values():
         base.used.update({"renditions", "unknown_words", "sentences", "variants", "speed_range",
-                          "pitch_range", "options"})
+                          "pitch_range", "options", "copies"})
         base.check_unknown()
     return voices
 
