@@ -134,6 +134,39 @@ def test_voice_copies_weigh_one_voice_more(tmp_path: Path) -> None:
         load_recipe(bad)
 
 
+def test_cut_word_touches_a_clip_edge() -> None:
+    from kwstream.training import augment
+    from kwstream.training.recipe import AugmentSpec
+
+    rng = np.random.default_rng(3)
+    word = np.linspace(0.1, 0.5, 8000, dtype=np.float32)
+    sides = set()
+    for _ in range(40):
+        clip, start, size = augment.place_cut(rng, word)
+        assert augment.CUT_MIN_VISIBLE <= size <= word.size - augment.CUT_MIN_HIDDEN
+        assert np.count_nonzero(clip) == size
+        if start == 0:
+            # The window starts inside the word: the clip begins with the word's end.
+            assert np.array_equal(clip[:size], word[-size:])
+            sides.add("end")
+        else:
+            # The window ends inside the word: the clip ends with the word's start.
+            assert start + size == clip.size
+            assert np.array_equal(clip[start:], word[:size])
+            sides.add("start")
+    assert sides == {"start", "end"}
+
+    spec = AugmentSpec(cut_probability=1.0, noise_probability=0, noise_floor_probability=0,
+                       reverb_probability=0, telephone_probability=0, microphone_probability=0,
+                       context_probability=0, speed_probability=0)
+    cut = augment.augment_word(rng, word, spec, [], [], True, keyword=False)
+    assert cut[0] != 0 or cut[-1] != 0
+    # Keywords, and every word outside training, stay whole inside the clip.
+    for keyword, full in ((True, True), (False, False)):
+        whole = augment.augment_word(rng, word, spec, [], [], full, keyword=keyword)
+        assert np.count_nonzero(whole) == word.size
+
+
 def test_corrupt_noise_file_is_named(tmp_path: Path) -> None:
     from kwstream.training.dataset import load_ambient
 

@@ -132,6 +132,29 @@ def place(rng: np.random.Generator, word: np.ndarray, shift_ms: int,
     return clip, start
 
 
+CUT_MIN_VISIBLE = 3200
+"""Fewest samples of a cut word that stay in the clip (0.2 s)."""
+CUT_MIN_HIDDEN = 1600
+"""Fewest samples of a cut word that the clip edge hides (0.1 s)."""
+
+
+def place_cut(rng: np.random.Generator, word: np.ndarray,
+              length: int = CLIP_SAMPLES) -> tuple[np.ndarray, int, int]:
+    """Put part of ``word`` against one edge of a clip, as if the window had cut the word.
+
+    Half of the clips show the word's start at the right edge (a word still being spoken),
+    half its end at the left edge. Returns the clip and the start and length of the visible
+    part. The word must be at least CUT_MIN_VISIBLE + CUT_MIN_HIDDEN samples long.
+    """
+    visible = int(rng.integers(CUT_MIN_VISIBLE, min(word.size - CUT_MIN_HIDDEN, length) + 1))
+    clip = np.zeros(length, dtype=np.float32)
+    if rng.random() < 0.5:
+        clip[length - visible:] = word[:visible]
+        return clip, length - visible, visible
+    clip[:visible] = word[word.size - visible:]
+    return clip, 0, visible
+
+
 def add_context(rng: np.random.Generator, clip: np.ndarray, start: int, size: int,
                 speech: list[np.ndarray]) -> np.ndarray:
     """Fill the parts of ``clip`` before and after the word with other running speech.
@@ -190,17 +213,24 @@ def add_noise_floor(rng: np.random.Generator, clip: np.ndarray,
 
 def augment_word(rng: np.random.Generator, word: np.ndarray, spec: AugmentSpec,
                  recordings: list[np.ndarray], speech: list[np.ndarray],
-                 full: bool) -> np.ndarray:
+                 full: bool, keyword: bool = True) -> np.ndarray:
     """Turn one trimmed word into an augmented 1-s clip.
 
     ``full`` applies every training augmentation; otherwise (validation and test) only the
     placement, the level, the noise floor and noise at ``spec.eval_snr_db`` half of the time.
+    A non-keyword word (``keyword`` false) in training is cut by a clip edge with
+    ``spec.cut_probability``.
     """
     if full and rng.random() < spec.speed_probability:
         word = change_speed(word, float(rng.uniform(*spec.speed_range)))
     word = set_level(rng, word, spec.level_dbfs)
-    clip, start = place(rng, word, spec.shift_ms)
-    size = min(word.size, clip.size)
+    if (full and not keyword and spec.cut_probability > 0
+            and word.size >= CUT_MIN_VISIBLE + CUT_MIN_HIDDEN
+            and rng.random() < spec.cut_probability):
+        clip, start, size = place_cut(rng, word)
+    else:
+        clip, start = place(rng, word, spec.shift_ms)
+        size = min(word.size, clip.size)
     speech_rms = rms(clip[start:start + size])
     if full and rng.random() < spec.context_probability:
         clip = add_context(rng, clip, start, size, speech)

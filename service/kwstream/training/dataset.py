@@ -99,8 +99,9 @@ def collect_items(recipe: Recipe, speech: list[SpeechSet]) -> dict[str, list[Ite
         for clip in speech_set.clips:
             audio = clip.astype(np.float32) / 32768.0
             if audio.size == 0:
-                key = (job.voice.key, job.label if job.kind == KIND_KEYWORD else job.kind)
-                unspoken[key] = unspoken.get(key, 0) + 1
+                what = {KIND_KEYWORD: f"{job.label!r}", KIND_SENTENCE: "sentence"}.get(
+                    job.kind, "non-keyword word")
+                unspoken[(job.voice.key, what)] = unspoken.get((job.voice.key, what), 0) + 1
                 continue
             if job.kind == KIND_SENTENCE:
                 trimmed = augment.trim_silence(audio)
@@ -118,9 +119,9 @@ def collect_items(recipe: Recipe, speech: list[SpeechSet]) -> dict[str, list[Ite
             if kind is None:
                 raise RuntimeError(f"unexpected job kind {job.kind!r}")
             items[split].append(Item(index, KIND_CLIP, word, job.voice.key))
-    for (voice, label), count in sorted(unspoken.items()):
-        log.warning("%s could not speak %d %s utterance(s) and they were left out", voice, count,
-                    label)
+    for (voice, what), count in sorted(unspoken.items()):
+        log.warning("%s could not speak %d %s utterance(s) (a diphone is missing); left out",
+                    voice, count, what)
     if dropped:
         log.info("dropped %d synthesized words longer than %.2f s or empty", dropped,
                  MAX_WORD_SAMPLES / augment.SAMPLE_RATE)
@@ -140,8 +141,9 @@ _WORKER: dict[str, object] = {}
 
 
 def _init_worker(spec: AugmentSpec, recordings: list[np.ndarray], params: FrontendParams,
-                 speech: list[np.ndarray]) -> None:
-    _WORKER.update(spec=spec, recordings=recordings, params=params, speech=speech)
+                 speech: list[np.ndarray], non_keywords: set[int]) -> None:
+    _WORKER.update(spec=spec, recordings=recordings, params=params, speech=speech,
+                   non_keywords=non_keywords)
 
 
 def _featurize(arguments: tuple[list[Item], list[list[int]], bool]) -> np.ndarray:
@@ -151,11 +153,13 @@ def _featurize(arguments: tuple[list[Item], list[list[int]], bool]) -> np.ndarra
     recordings: list[np.ndarray] = _WORKER["recordings"]  # type: ignore[assignment]
     params: FrontendParams = _WORKER["params"]  # type: ignore[assignment]
     speech: list[np.ndarray] = _WORKER["speech"]  # type: ignore[assignment]
+    non_keywords: set[int] = _WORKER["non_keywords"]  # type: ignore[assignment]
     output = np.empty((len(items), params.window_rows, params.num_bands), dtype=np.float32)
     for slot, (item, seed) in enumerate(zip(items, seeds, strict=True)):
         rng = np.random.default_rng(seed)
         if item.kind == KIND_CLIP:
-            clip = augment.augment_word(rng, item.audio, spec, recordings, speech, full)
+            clip = augment.augment_word(rng, item.audio, spec, recordings, speech, full,
+                                        keyword=item.label not in non_keywords)
         elif item.kind == KIND_EXCERPT:
             clip = augment.augment_window(rng, item.audio, spec, recordings, full)
         else:
@@ -190,7 +194,8 @@ def build_split(recipe: Recipe, split: str, items: list[Item], recordings: list[
              for i in range(0, len(expanded), chunk)]
     workers = processes or os.cpu_count() or 1
     parts: list[np.ndarray] = []
-    initargs = (recipe.augment, recordings, recipe.frontend, speech[:400])
+    initargs = (recipe.augment, recordings, recipe.frontend, speech[:400],
+                unknown_or_silence(recipe))
     with tqdm(total=len(expanded), unit="clip", desc=f"features {split}",
               dynamic_ncols=True) as progress:
         if workers == 1:

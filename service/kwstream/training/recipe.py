@@ -77,6 +77,9 @@ class AugmentSpec:
     """Share of keyword clips with fragments of other speech before and after the word."""
     eval_snr_db: tuple[float, float] = (10.0, 30.0)
     """SNR of the noisy validation and test clips."""
+    cut_probability: float = 0.0
+    """Share of non-keyword training words that a window edge cuts, as a stream's window cuts a
+    word still being spoken: the start of "eighteen" without its end must not read "eight"."""
 
 
 @dataclass(frozen=True)
@@ -450,6 +453,7 @@ def _parse_augment(section: _Section, path: Path) -> AugmentSpec:
         context_probability=section.number(
             "context_probability", default.context_probability, 0, 1),
         eval_snr_db=section.pair("eval_snr_db", default.eval_snr_db),
+        cut_probability=section.number("cut_probability", default.cut_probability, 0, 1),
     )
     section.check_unknown()
     for name in spec.ambient_files:
