@@ -78,6 +78,9 @@ def test_train_tiny_model_end_to_end(tmp_path: Path) -> None:
     assert {name: row["threshold"] for name, row in chosen.items()} == card.thresholds
     assert set(metrics["clip_thresholds"]) == {"yes", "no", "up"}
     assert "false accepts per hour" in metrics["threshold_rule"]
+    # The cache was empty, so every synthesis job ran and its time is in the card.
+    assert metrics["synthesis_jobs"]["cached"] == 0
+    assert metrics["synthesis_jobs"]["total"] > 0
 
 
 def test_recipe_rejects_unknown_engine(tmp_path: Path) -> None:

@@ -143,6 +143,10 @@ def _measurements(card: ModelCard) -> list[str]:
     if timings:
         steps = ", ".join(f"{k} {v} s" for k, v in timings.items() if k != "total")
         lines += ["", f"Training wall time: {timings.get('total', 'n/a')} s in total ({steps})."]
+        jobs = metrics.get("synthesis_jobs")
+        if jobs and jobs.get("cached"):
+            lines.append(f"{jobs['cached']} of the {jobs['total']} synthesis jobs came from the "
+                         f"speech cache, so their synthesis time is not part of this run's time.")
     return lines
 
 
