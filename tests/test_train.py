@@ -232,6 +232,36 @@ def test_class_weight_factors_rejected(tmp_path: Path, table: str, message: str)
         load_recipe(_with_class_weight_factors(tmp_path, table))
 
 
+@pytest.mark.skipif(not _tensorflow_available(), reason="needs the train extra (TensorFlow)")
+def test_frequency_warp_moves_a_band_peak() -> None:
+    import tensorflow as tf
+
+    from kwstream.training.model import band_centres_mel, warp_bands
+
+    centres = band_centres_mel(20.0, 7600.0, 40)
+    batch = np.zeros((1, 49, 40, 1), dtype=np.float32)
+    batch[0, :, 20, 0] = 1.0
+    same = warp_bands(tf.constant(batch), (1.0, 1.0), centres).numpy()
+    assert np.allclose(same, batch)
+    # A factor of 1.2 moves the peak of band 20 up to the band nearest 1.2 times its centre
+    # frequency, and the result stays a weighted mix of neighbouring bands.
+    up = warp_bands(tf.constant(batch), (1.2, 1.2), centres).numpy()[0, 0, :, 0]
+    hz = 700.0 * np.expm1(centres / 1127.0)
+    expected = int(np.argmin(np.abs(hz - 1.2 * hz[20])))
+    assert abs(int(np.argmax(up)) - expected) <= 1
+    assert int(np.argmax(up)) > 20
+    assert up.min() >= 0.0
+    assert up.max() <= 1.0
+
+
+def test_recipe_rejects_bad_warp_range(tmp_path: Path) -> None:
+    recipe = tmp_path / "warp.toml"
+    recipe.write_text(TINY_RECIPE.read_text().replace(
+        "representative_windows = 50\n", "representative_windows = 50\nwarp_range = [0.9, 3.0]\n"))
+    with pytest.raises(RecipeError, match=r"warp_range.*0\.5, 2\.0"):
+        load_recipe(recipe)
+
+
 def test_class_weights_balance_then_factor() -> None:
     from kwstream.training.model import class_weights
 

@@ -72,6 +72,37 @@ def spec_augment(batch: Any, mask_bands: int, mask_rows: int, seed: int) -> Any:
     return batch * keep
 
 
+def warp_bands(batch: Any, warp_range: tuple[float, float], centres_mel: np.ndarray) -> Any:
+    """Warp each window along frequency by a random factor (vocal tract length perturbation).
+
+    Band ``b`` of the output takes the log energy at the frequency ``centre_hz[b] / factor``,
+    interpolated between the two nearest bands, so a factor above 1 moves formants up. Bands
+    whose source lies beyond the first or last band repeat that band.
+    """
+    import tensorflow as tf
+
+    size = tf.shape(batch)[0]
+    bands = len(centres_mel)
+    factor = tf.random.uniform([size, 1], warp_range[0], warp_range[1])
+    centres_hz = tf.constant(700.0 * np.expm1(centres_mel / 1127.0), tf.float32)[None, :]
+    source_mel = 1127.0 * tf.math.log1p(centres_hz / factor / 700.0)
+    step = float(centres_mel[1] - centres_mel[0])
+    position = tf.clip_by_value((source_mel - float(centres_mel[0])) / step, 0.0, bands - 1.0)
+    below = tf.cast(tf.floor(position), tf.int32)
+    above = tf.minimum(below + 1, bands - 1)
+    weight = (position - tf.cast(below, tf.float32))[:, None, :, None]
+    low = tf.gather(batch, below, axis=2, batch_dims=1)
+    high = tf.gather(batch, above, axis=2, batch_dims=1)
+    return low + (high - low) * weight
+
+
+def band_centres_mel(lower_hz: float, upper_hz: float, bands: int) -> np.ndarray:
+    """Return the centres of the frontend's mel bands on its mel scale (1127 ln(1 + f/700))."""
+    edges = np.linspace(1127.0 * np.log1p(lower_hz / 700.0), 1127.0 * np.log1p(upper_hz / 700.0),
+                        bands + 2)
+    return edges[1:-1]
+
+
 def class_weights(labels: np.ndarray, classes: int,
                   factors: dict[int, float] | None = None) -> dict[int, float]:
     """Compute weights that give each class the same total weight, capped at 4x.
@@ -89,7 +120,8 @@ def class_weights(labels: np.ndarray, classes: int,
 
 def train_model(model: Any, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
                 val_y: np.ndarray, classes: int, spec: TrainSpec, seed: int,
-                class_factors: dict[int, float] | None = None) -> dict[str, Any]:
+                class_factors: dict[int, float] | None = None,
+                centres_mel: np.ndarray | None = None) -> dict[str, Any]:
     """Train with Adam and a cosine learning-rate decay, keeping the best validation epoch.
 
     Returns the per-epoch history, the best epoch and its validation accuracy.
@@ -115,6 +147,12 @@ def train_model(model: Any, train_x: np.ndarray, train_y: np.ndarray, val_x: np.
         .shuffle(min(len(train_x), 50000), seed=seed, reshuffle_each_iteration=True)
         .batch(spec.batch_size)
     )
+    if spec.warp_range != (1.0, 1.0):
+        if centres_mel is None:
+            raise ValueError("a frequency warp needs the frontend's band centres")
+        train_set = train_set.map(
+            lambda x, y, w: (warp_bands(x, spec.warp_range, centres_mel), y, w),
+            num_parallel_calls=tf.data.AUTOTUNE)
     if spec.mask_bands or spec.mask_rows:
         train_set = train_set.map(
             lambda x, y, w: (spec_augment(x, spec.mask_bands, spec.mask_rows, seed), y, w),

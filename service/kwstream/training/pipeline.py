@@ -190,7 +190,10 @@ def _train_or_reuse(recipe: Recipe, data: dict[str, dataset.SplitData],
             f"{label} x{factor}" for label, factor in recipe.train.class_weight_factors.items()))
     fit = model_module.train_model(keras_model, data["train"].features, data["train"].labels,
                                    data["validation"].features, data["validation"].labels,
-                                   classes, recipe.train, recipe.seed, class_factors)
+                                   classes, recipe.train, recipe.seed, class_factors,
+                                   model_module.band_centres_mel(recipe.frontend.lower_hz,
+                                                                 recipe.frontend.upper_hz,
+                                                                 recipe.frontend.num_bands))
     temporary = saved.with_name(f".{saved.stem}.tmp.keras")
     keras_model.save(temporary)
     temporary.replace(saved)

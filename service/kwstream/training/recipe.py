@@ -105,6 +105,9 @@ class TrainSpec:
     """Widest SpecAugment band mask (0: none)."""
     mask_rows: int = 0
     """Longest SpecAugment time mask in rows (0: none)."""
+    warp_range: tuple[float, float] = (1.0, 1.0)
+    """Range of each training window's random frequency warp (vocal tract length
+    perturbation), drawn anew every epoch; (1, 1) warps nothing."""
     class_weight_factors: dict[str, float] = field(default_factory=dict, hash=False)
     """Factor on the balanced class weight of a label, such as ``{"yes": 2.0}``."""
 
@@ -313,9 +316,13 @@ def parse_recipe(data: dict[str, Any], path: Path, content: str = "") -> Recipe:
         representative_windows=train_section.integer("representative_windows", 500, 1),
         mask_bands=train_section.integer("mask_bands", 0, 0, 64),
         mask_rows=train_section.integer("mask_rows", 0, 0, 49),
+        warp_range=train_section.pair("warp_range", (1.0, 1.0)),
         class_weight_factors=_parse_class_weight_factors(train_section, labels),
     )
     train_section.check_unknown()
+    if not 0.5 <= train.warp_range[0] <= train.warp_range[1] <= 2.0:
+        raise RecipeError(f"{path}: train.warp_range must lie within [0.5, 2.0], "
+                          f"got {list(train.warp_range)}")
     threshold_section = root.section("thresholds")
     thresholds = ThresholdSpec(
         max_false_accept=threshold_section.number("max_false_accept", 0.005, 0.0, 1.0),
