@@ -118,8 +118,8 @@ def test_voice_copies_weigh_one_voice_more(tmp_path: Path) -> None:
     from kwstream.training.dataset import KIND_CLIP, Item, build_split
 
     recipe = tmp_path / "copies.toml"
-    recipe.write_text(TINY_RECIPE.read_text().replace('name = "en-US"\nsplit = "train"',
-                                                      'name = "en-US"\nsplit = "train"\ncopies = 3'))
+    pico = 'name = "en-US"\nsplit = "train"'
+    recipe.write_text(TINY_RECIPE.read_text().replace(pico, pico + "\ncopies = 3"))
     loaded = load_recipe(recipe)
     assert [v.copies for v in loaded.voices if v.engine == "pico"] == [3]
     assert all(v.copies is None for v in loaded.voices if v.engine != "pico")

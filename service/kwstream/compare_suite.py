@@ -357,9 +357,9 @@ def _synthesize_voices(spec: StreamSpec, folder: Path) -> Path:
         safe_voice = voice.key.replace(":", "_").replace("/", "_")
         for number, ((label, text), samples) in enumerate(zip(texts, audio, strict=True)):
             if samples.size == 0:
-                # The engine cannot say this text (an mbrola database without a diphone of it).
-                log.warning("stream %s: %s could not speak %r; left out", spec.name, voice.key,
-                            text)
+                # The engine returned no audio: an mbrola database lacks a diphone of this text.
+                log.warning("stream %s: %s returned no audio for %r (a missing diphone); "
+                            "left out", spec.name, voice.key, text)
                 continue
             if label == "_unknown_":
                 target = folder / "unknown" / f"{safe_voice}_{text.rstrip('.')}_{number}.wav"

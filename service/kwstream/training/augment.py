@@ -133,9 +133,9 @@ def place(rng: np.random.Generator, word: np.ndarray, shift_ms: int,
 
 
 CUT_MIN_VISIBLE = 3200
-"""Fewest samples of a cut word that stay in the clip (0.2 s)."""
+"""Minimum number of samples of a cut word that stay in the clip (0.2 s)."""
 CUT_MIN_HIDDEN = 1600
-"""Fewest samples of a cut word that the clip edge hides (0.1 s)."""
+"""Minimum number of samples of a cut word that the clip edge hides (0.1 s)."""
 
 
 def place_cut(rng: np.random.Generator, word: np.ndarray,

@@ -99,9 +99,9 @@ def collect_items(recipe: Recipe, speech: list[SpeechSet]) -> dict[str, list[Ite
         for clip in speech_set.clips:
             audio = clip.astype(np.float32) / 32768.0
             if audio.size == 0:
-                what = {KIND_KEYWORD: f"{job.label!r}", KIND_SENTENCE: "sentence"}.get(
+                kind = {KIND_KEYWORD: f"{job.label!r}", KIND_SENTENCE: "sentence"}.get(
                     job.kind, "non-keyword word")
-                unspoken[(job.voice.key, what)] = unspoken.get((job.voice.key, what), 0) + 1
+                unspoken[(job.voice.key, kind)] = unspoken.get((job.voice.key, kind), 0) + 1
                 continue
             if job.kind == KIND_SENTENCE:
                 trimmed = augment.trim_silence(audio)
@@ -119,9 +119,9 @@ def collect_items(recipe: Recipe, speech: list[SpeechSet]) -> dict[str, list[Ite
             if kind is None:
                 raise RuntimeError(f"unexpected job kind {job.kind!r}")
             items[split].append(Item(index, KIND_CLIP, word, job.voice.key))
-    for (voice, what), count in sorted(unspoken.items()):
-        log.warning("%s could not speak %d %s utterance(s) (a diphone is missing); left out",
-                    voice, count, what)
+    for (voice, kind), count in sorted(unspoken.items()):
+        log.warning("%s returned no audio for %d %s utterance(s) (a missing diphone); left out",
+                    voice, count, kind)
     if dropped:
         log.info("dropped %d synthesized words longer than %.2f s or empty", dropped,
                  MAX_WORD_SAMPLES / augment.SAMPLE_RATE)

@@ -32,7 +32,7 @@ MBROLA_ROOT = Path("/usr/share/mbrola")
 MBROLA_MISSING_DIPHONE = b"unknown, replaced with"
 """mbrola's warning when its database lacks a diphone (us3 has none for the vowel of "on")."""
 SYNTHESIS_REVISION = {"mbrola": 2}
-"""Output revision per engine, part of the speech cache key: a bump synthesizes it again."""
+"""Output revision per engine, part of the speech cache key. A bump synthesizes it again."""
 NONFREE_HINT = "Debian's contrib and non-free components (scripts/bootstrap.sh enables them)"
 
 

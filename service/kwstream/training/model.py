@@ -98,7 +98,9 @@ def warp_bands(batch: Any, warp_range: tuple[float, float], centres_mel: np.ndar
 
 def band_centres_mel(lower_hz: float, upper_hz: float, bands: int) -> np.ndarray:
     """Return the centres of the frontend's mel bands on its mel scale (1127 ln(1 + f/700))."""
-    edges = np.linspace(1127.0 * np.log1p(lower_hz / 700.0), 1127.0 * np.log1p(upper_hz / 700.0),
+    from kwstream.frontend import _hz_to_mel
+
+    edges = np.linspace(_hz_to_mel(np.float64(lower_hz)), _hz_to_mel(np.float64(upper_hz)),
                         bands + 2)
     return edges[1:-1]
 
@@ -149,7 +151,8 @@ def train_model(model: Any, train_x: np.ndarray, train_y: np.ndarray, val_x: np.
     )
     if spec.warp_range != (1.0, 1.0):
         if centres_mel is None:
-            raise ValueError("a frequency warp needs the frontend's band centres")
+            raise ValueError("train.warp_range is set but the frontend's band centres are "
+                             "missing")
         train_set = train_set.map(
             lambda x, y, w: (warp_bands(x, spec.warp_range, centres_mel), y, w),
             num_parallel_calls=tf.data.AUTOTUNE)

@@ -41,7 +41,7 @@ class VoiceSpec:
     options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     """Engine-specific settings, such as the base pitch of a flite voice."""
     copies: int | None = None
-    """Augmented copies of this voice's training clips; None takes [augment] copies. More
+    """Augmented copies of this voice's training clips, or None for [augment] copies. More
     copies weigh a scarce voice (a slow neural engine's) more without synthesizing more."""
 
     @property
@@ -78,8 +78,8 @@ class AugmentSpec:
     eval_snr_db: tuple[float, float] = (10.0, 30.0)
     """SNR of the noisy validation and test clips."""
     cut_probability: float = 0.0
-    """Share of non-keyword training words that a window edge cuts, as a stream's window cuts a
-    word still being spoken: the start of "eighteen" without its end must not read "eight"."""
+    """Share of non-keyword training words that a clip edge cuts, as a stream's window cuts a
+    word still being spoken. The start of "eighteen" without its end must not read "eight"."""
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ class TrainSpec:
     """Longest SpecAugment time mask in rows (0: none)."""
     warp_range: tuple[float, float] = (1.0, 1.0)
     """Range of each training window's random frequency warp (vocal tract length
-    perturbation), drawn anew every epoch; (1, 1) warps nothing."""
+    perturbation), drawn anew every epoch. (1, 1) warps nothing."""
     class_weight_factors: dict[str, float] = field(default_factory=dict, hash=False)
     """Factor on the balanced class weight of a label, such as ``{"yes": 2.0}``."""
 
