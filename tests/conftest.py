@@ -3,6 +3,9 @@
 Broker fixtures start a real mosquitto process on 127.0.0.1 with a free port, its config, log
 and persistence database in the test's tmp_path. They skip the test when mosquitto is not
 installed (Debian: ``apt-get install mosquitto mosquitto-clients``).
+
+Tests skip when a system part they need is missing. With ``KWSTREAM_STRICT_TESTS=1`` (set by
+``.ci/run``) a skip fails instead, so a machine that lacks a package cannot pass by skipping.
 """
 
 from __future__ import annotations
@@ -22,6 +25,17 @@ import pytest
 
 BROKER_START_TIMEOUT_S = 5.0
 BROKER_STOP_TIMEOUT_S = 5.0
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Turn a skip into a failure when KWSTREAM_STRICT_TESTS=1."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and os.environ.get("KWSTREAM_STRICT_TESTS") == "1":
+        reason = call.excinfo.value if call.excinfo is not None else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped under KWSTREAM_STRICT_TESTS=1: {reason}"
 
 
 def _find_program(name: str) -> str | None:
