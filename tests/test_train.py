@@ -12,6 +12,7 @@ import pytest
 from kwstream.cli import main
 from kwstream.errors import RecipeError
 from kwstream.modelcard import load_card
+from kwstream.training import evaluate
 from kwstream.training.recipe import load_recipe
 
 TINY_RECIPE = Path(__file__).parent / "data" / "tiny.toml"
@@ -391,3 +392,17 @@ def test_bootstrap_installs_recipe_mbrola_voices() -> None:
               if voice["name"].startswith("mb-")}
     assert needed
     assert needed <= installed, f"bootstrap.sh lacks mbrola-{sorted(needed - installed)}"
+
+
+@pytest.mark.parametrize(("name", "transcript", "says_keyword"), [
+    ("vm-for", "for", True),                              # a homophone of "four"
+    ("to-extension", "To extension.", True),              # a homophone of "two", in a sentence
+    ("letters/o", "o", True),                             # a spoken zero
+    ("vm-anyone", "Is anybody there?", True),             # a keyword inside a name
+    ("date-time", "Today is the date.", False),           # "ate" only inside words
+    ("vm-goodbye-x", "Good bye.", False),
+])
+def test_allison_prompt_keyword_rule(name: str, transcript: str, says_keyword: bool) -> None:
+    keywords = {"four", "two", "zero", "one", "go"}
+    homophones = {"for", "to", "ate", *evaluate.SPOKEN_ZERO}
+    assert evaluate._holds_keyword(name, transcript, keywords, homophones, ()) is says_keyword

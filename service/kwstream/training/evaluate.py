@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 TRANSCRIPTS = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")
 CONTEXTS_PER_DIGIT = 3
+# Ways of saying zero that are not the word itself.
+SPOKEN_ZERO = ("o", "oh")
 
 
 def clip_metrics(posteriors: np.ndarray, labels: np.ndarray,
@@ -155,14 +157,20 @@ def read_transcripts() -> dict[str, str]:
     return transcripts
 
 
-def _holds_keyword(name: str, transcript: str | None, keywords: set[str],
+def _holds_keyword(name: str, transcript: str | None, keywords: set[str], homophones: set[str],
                    extra_excludes: tuple[str, ...]) -> bool:
-    """Decide whether a prompt may say a keyword, from its transcript and from its file name."""
+    """Decide whether a prompt may say a keyword, from its transcript and from its file name.
+
+    A keyword counts inside a longer word too ("someone"); a homophone ("for") only as a
+    whole word, because its letters are common inside unrelated words ("ate" in "date").
+    """
     if name.startswith("digits/") or "number" in name or name in extra_excludes:
         return True
     if re.search(r"\d", Path(name).name):
         return True
     tokens = [t for t in re.split(r"[^a-z]+", Path(name).name.lower()) if t]
+    if homophones & set(tokens):
+        return True
     for token in tokens:
         if token in keywords or any(len(k) > 2 and k in token for k in keywords):
             return True
@@ -174,22 +182,28 @@ def _holds_keyword(name: str, transcript: str | None, keywords: set[str],
     if re.search(r"\d", transcript):
         return True
     words = set(re.findall(r"[a-z]+", transcript.lower()))
-    return bool(words & keywords)
+    return bool(words & (keywords | homophones))
 
 
 def load_allison(directory: Path, frontend: FrontendParams, labels: tuple[str, ...],
-                 extra_excludes: tuple[str, ...], seed: int) -> AllisonSet | None:
-    """Build the real-speech evaluation windows; None when the prompts are not installed."""
+                 excluded_words: tuple[str, ...], extra_excludes: tuple[str, ...],
+                 seed: int) -> AllisonSet | None:
+    """Build the real-speech evaluation windows; None when the prompts are not installed.
+
+    A non-keyword prompt says no keyword, no number and none of ``excluded_words`` (the
+    recipe's homophones, such as "for") or ways of saying zero ("o", "oh").
+    """
     if not (directory / "digits" / "0.g722").is_file():
         log.warning("no Allison prompts in %s; install asterisk-core-sounds-en-g722", directory)
         return None
     keywords = {label for label in labels if label not in NON_KEYWORD_LABELS}
+    homophones = {word.lower() for word in (*excluded_words, *SPOKEN_ZERO)}
     transcripts = read_transcripts()
     prompts: dict[str, np.ndarray] = {}
     excluded = 0
     for path in sorted(directory.rglob("*.g722")):
         name = str(path.relative_to(directory).with_suffix(""))
-        if _holds_keyword(name, transcripts.get(name), keywords, extra_excludes):
+        if _holds_keyword(name, transcripts.get(name), keywords, homophones, extra_excludes):
             excluded += 1
             continue
         prompts[name] = decode_g722(path)

@@ -294,7 +294,8 @@ def evaluate_model(recipe: Recipe, model_path: Path, keras_model: Any,
     allison = None
     if recipe.evaluation.allison_dir:
         allison = evaluate.load_allison(Path(recipe.evaluation.allison_dir), recipe.frontend,
-                                        labels, recipe.evaluation.keyword_excludes, recipe.seed)
+                                        labels, recipe.excluded_words,
+                                        recipe.evaluation.keyword_excludes, recipe.seed)
     if allison is not None:
         metrics["allison"] = evaluate.allison_metrics(model_path, allison, labels, thresholds)
         metrics["allison"]["note"] = (
