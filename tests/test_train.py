@@ -82,6 +82,19 @@ def test_train_tiny_model_end_to_end(tmp_path: Path) -> None:
     # The cache was empty, so every synthesis job ran and its time is in the card.
     assert metrics["synthesis_jobs"]["cached"] == 0
     assert metrics["synthesis_jobs"]["total"] > 0
+    assert metrics["training"]["reused_model"] is False
+    assert metrics["training"]["train_seconds"] > 0
+
+    # A second run of the same recipe finds its speech and its Keras model in the cache, and
+    # its card says so.
+    again_dir = tmp_path / "again"
+    assert main(["train", "--recipe", str(TINY_RECIPE), "--cache", str(tmp_path / "cache"),
+                 "--out", str(again_dir)]) == 0
+    again = json.loads((again_dir / "tiny.json").read_text())["metrics"]
+    assert again["synthesis_jobs"]["cached"] == again["synthesis_jobs"]["total"]
+    assert again["training"]["reused_model"] is True
+    assert again["training"]["train_seconds"] == metrics["training"]["train_seconds"]
+    assert "Keras model came from the cache" in (again_dir / "tiny.md").read_text()
 
 
 def test_recipe_rejects_unknown_engine(tmp_path: Path) -> None:

@@ -178,7 +178,10 @@ def _train_or_reuse(recipe: Recipe, data: dict[str, dataset.SplitData],
     history = saved.with_suffix(".json")
     if saved.is_file() and history.is_file():
         log.info("reusing the model trained from the same recipe: %s", saved)
-        return keras.models.load_model(saved), json.loads(history.read_text())
+        fit = json.loads(history.read_text())
+        fit["reused"] = True
+        return keras.models.load_model(saved), fit
+    started = time.monotonic()
     classes = len(recipe.labels)
     keras_model = model_module.build_model(recipe.frontend.window_rows,
                                            recipe.frontend.num_bands, classes,
@@ -194,6 +197,7 @@ def _train_or_reuse(recipe: Recipe, data: dict[str, dataset.SplitData],
                                    model_module.band_centres_mel(recipe.frontend.lower_hz,
                                                                  recipe.frontend.upper_hz,
                                                                  recipe.frontend.num_bands))
+    fit["train_seconds"] = round(time.monotonic() - started, 1)
     temporary = saved.with_name(f".{saved.stem}.tmp.keras")
     keras_model.save(temporary)
     temporary.replace(saved)
@@ -242,7 +246,9 @@ def evaluate_model(recipe: Recipe, model_path: Path, keras_model: Any,
         "runtime": "ai_edge_litert Interpreter, default kernels, int8 model",
         "training": {"best_epoch": fit["best_epoch"],
                      "float_validation_accuracy": round(fit["best_validation_accuracy"], 4),
-                     "epochs": recipe.train.epochs},
+                     "epochs": recipe.train.epochs,
+                     "reused_model": bool(fit.get("reused", False)),
+                     "train_seconds": fit.get("train_seconds")},
     }
 
     stream = smoothing.validation_stream(model_path, recipe.frontend, validation_words,

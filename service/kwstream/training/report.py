@@ -147,6 +147,12 @@ def _measurements(card: ModelCard) -> list[str]:
         if jobs and jobs.get("cached"):
             lines.append(f"{jobs['cached']} of the {jobs['total']} synthesis jobs came from the "
                          f"speech cache, so their synthesis time is not part of this run's time.")
+        training = metrics.get("training", {})
+        if training.get("reused_model"):
+            trained = training.get("train_seconds")
+            earlier = f" (trained there in {trained} s)" if trained is not None else ""
+            lines.append(f"The Keras model came from the cache of an earlier run of the same "
+                         f"recipe{earlier}, so its training time is not part of this run's time.")
     return lines
 
 
