@@ -9,8 +9,8 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
     ffmpeg sox libsndfile1 libportaudio2 alsa-utils   # decoding, resampling, audio devices
     espeak-ng flite festival festvox-kallpc16k        # offline speech synthesis for training
-    asterisk-core-sounds-en asterisk-core-sounds-en-g722  # real speech for evaluation; the
-                                                      # first links sounds/en to the voice
+    asterisk-core-sounds-en-g722                      # real human speech for evaluation
+    asterisk-core-sounds-en                           # the sounds/en link and transcripts
     asterisk-moh-opsound-g722                         # music backgrounds for augmentation
     mosquitto mosquitto-clients                       # MQTT broker for integration tests
     prometheus                                        # Prometheus server and promtool

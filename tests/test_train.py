@@ -86,15 +86,15 @@ def test_train_tiny_model_end_to_end(tmp_path: Path) -> None:
     assert metrics["training"]["train_seconds"] > 0
 
     # A second run of the same recipe finds its speech and its Keras model in the cache, and
-    # its card says so.
-    again_dir = tmp_path / "again"
+    # its card records the reuse.
+    second_dir = tmp_path / "second"
     assert main(["train", "--recipe", str(TINY_RECIPE), "--cache", str(tmp_path / "cache"),
-                 "--out", str(again_dir)]) == 0
-    again = json.loads((again_dir / "tiny.json").read_text())["metrics"]
-    assert again["synthesis_jobs"]["cached"] == again["synthesis_jobs"]["total"]
-    assert again["training"]["reused_model"] is True
-    assert again["training"]["train_seconds"] == metrics["training"]["train_seconds"]
-    assert "Keras model came from the cache" in (again_dir / "tiny.md").read_text()
+                 "--out", str(second_dir)]) == 0
+    second = json.loads((second_dir / "tiny.json").read_text())["metrics"]
+    assert second["synthesis_jobs"]["cached"] == second["synthesis_jobs"]["total"]
+    assert second["training"]["reused_model"] is True
+    assert second["training"]["train_seconds"] == metrics["training"]["train_seconds"]
+    assert "Keras model came from the cache" in (second_dir / "tiny.md").read_text()
 
 
 def test_recipe_rejects_unknown_engine(tmp_path: Path) -> None:
