@@ -11,11 +11,14 @@ setup:
 	./scripts/bootstrap.sh
 
 demo: setup
+	rm -f out/demo-events.jsonl
 	$(VENV)/bin/kwstream replay $(STREAM).flac --labels $(STREAM).csv --speed realtime \
-		--metrics-port $(METRICS_PORT) --report out/demo-report.json
+		--metrics-port $(METRICS_PORT) --report out/demo-report.json --events out/demo-events.jsonl
 
 demo-fast: setup
-	$(VENV)/bin/kwstream replay $(STREAM).flac --labels $(STREAM).csv --report out/demo-report.json
+	rm -f out/demo-events.jsonl
+	$(VENV)/bin/kwstream replay $(STREAM).flac --labels $(STREAM).csv --report out/demo-report.json \
+		--events out/demo-events.jsonl
 
 test: setup
 	$(VENV)/bin/python -m pytest -q

