@@ -407,7 +407,7 @@ def test_bootstrap_installs_recipe_mbrola_voices() -> None:
     assert needed <= installed, f"bootstrap.sh lacks mbrola-{sorted(needed - installed)}"
 
 
-@pytest.mark.parametrize(("name", "transcript", "says_keyword"), [
+@pytest.mark.parametrize(("name", "transcript", "has_keyword"), [
     ("vm-for", "for", True),                              # a homophone of "four"
     ("to-extension", "To extension.", True),              # a homophone of "two", in a sentence
     ("letters/o", "o", True),                             # a spoken zero
@@ -415,7 +415,7 @@ def test_bootstrap_installs_recipe_mbrola_voices() -> None:
     ("date-time", "Today is the date.", False),           # "ate" only inside words
     ("vm-goodbye-x", "Good bye.", False),
 ])
-def test_allison_prompt_keyword_rule(name: str, transcript: str, says_keyword: bool) -> None:
+def test_allison_prompt_keyword_rule(name: str, transcript: str, has_keyword: bool) -> None:
     keywords = {"four", "two", "zero", "one", "go"}
     homophones = {"for", "to", "ate", *evaluate.SPOKEN_ZERO}
-    assert evaluate._holds_keyword(name, transcript, keywords, homophones, ()) is says_keyword
+    assert evaluate._holds_keyword(name, transcript, keywords, homophones, ()) is has_keyword

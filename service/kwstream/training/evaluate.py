@@ -159,10 +159,11 @@ def read_transcripts() -> dict[str, str]:
 
 def _holds_keyword(name: str, transcript: str | None, keywords: set[str], homophones: set[str],
                    extra_excludes: tuple[str, ...]) -> bool:
-    """Decide whether a prompt may say a keyword, from its transcript and from its file name.
+    """Return True when a prompt may contain a keyword, judged by its file name and transcript.
 
-    A keyword counts inside a longer word too ("someone"); a homophone ("for") only as a
-    whole word, because its letters are common inside unrelated words ("ate" in "date").
+    In a file name a keyword also counts inside a longer word ("anyone"). A homophone ("for")
+    counts only as a whole word, because its letters occur inside unrelated words ("ate" in
+    "date"). Transcripts are matched by whole words only.
     """
     if name.startswith("digits/") or "number" in name or name in extra_excludes:
         return True
@@ -190,8 +191,8 @@ def load_allison(directory: Path, frontend: FrontendParams, labels: tuple[str, .
                  seed: int) -> AllisonSet | None:
     """Build the real-speech evaluation windows; None when the prompts are not installed.
 
-    A non-keyword prompt says no keyword, no number and none of ``excluded_words`` (the
-    recipe's homophones, such as "for") or ways of saying zero ("o", "oh").
+    A non-keyword prompt contains no keyword, no number, none of ``excluded_words`` (the
+    recipe's homophones, such as "for") and no spoken zero ("o", "oh").
     """
     if not (directory / "digits" / "0.g722").is_file():
         log.warning("no Allison prompts in %s; install asterisk-core-sounds-en-g722", directory)
