@@ -128,6 +128,36 @@ def test_recipe_rejects_missing_noise_file(tmp_path: Path) -> None:
         load_recipe(recipe)
 
 
+def test_letters_are_a_job_of_their_own(tmp_path: Path) -> None:
+    from kwstream.training.corpus import KIND_LETTERS, plan_jobs
+
+    text = TINY_RECIPE.read_text()
+    with_letters = tmp_path / "letters.toml"
+    with_letters.write_text(text.replace(
+        'excluded = ["yeses", "noes", "ups", "know"]',
+        'excluded = ["yeses", "noes", "ups", "know", "o"]\nletters = ["c", "o", "Q"]'))
+    before = plan_jobs(load_recipe(TINY_RECIPE))
+    after = plan_jobs(load_recipe(with_letters))
+
+    added = [job for job in after if job.kind == KIND_LETTERS]
+    # Every voice that says non-keyword words says the letters; "o" is an excluded word.
+    assert len(added) == 5
+    assert {tuple(u.text for u in job.utterances) for job in added} == {("c.", "q.")}
+    assert {job.label for job in added} == {"_unknown_"}
+    # Adding letters leaves every other job, and so its cached audio, unchanged.
+    assert [job.cache_key() for job in after if job.kind != KIND_LETTERS] == \
+        [job.cache_key() for job in before]
+
+
+def test_recipe_rejects_a_letter_that_is_a_word(tmp_path: Path) -> None:
+    recipe = tmp_path / "bad.toml"
+    recipe.write_text(TINY_RECIPE.read_text().replace(
+        'excluded = ["yeses", "noes", "ups", "know"]',
+        'excluded = ["yeses", "noes", "ups", "know"]\nletters = ["c", "see"]'))
+    with pytest.raises(RecipeError, match=r"words\.letters: 'see' is not a single letter"):
+        load_recipe(recipe)
+
+
 def test_voice_copies_weigh_one_voice_more(tmp_path: Path) -> None:
     from kwstream.training.dataset import KIND_CLIP, Item, build_split
 

@@ -33,6 +33,8 @@ CACHE_FORMAT = 1
 KIND_KEYWORD = "keyword"
 KIND_WORD = "word"
 KIND_SENTENCE = "sentence"
+# Starts with KIND_WORD: letter names are single-word clips like the other words.
+KIND_LETTERS = "word-letters"
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,23 @@ def plan_jobs(recipe: Recipe) -> list[SynthesisJob]:
                 variant, speed, pitch = _rendition(voice, rng)
                 utterances.append(Utterance(" ".join(words) + ".", variant, speed, pitch))
             jobs.append(SynthesisJob(voice, UNKNOWN_LABEL, KIND_SENTENCE, tuple(utterances)))
+        letters = letters_to_say(recipe)
+        if letters and voice.unknown_words:
+            # A job of its own with its own random stream, so adding letters leaves every
+            # other job, and its cached audio, as it was.
+            rng = np.random.default_rng(stable_seed(recipe.seed, voice.key, "letters"))
+            utterances = []
+            for letter in letters:
+                variant, speed, pitch = _rendition(voice, rng)
+                utterances.append(Utterance(f"{letter}.", variant, speed, pitch))
+            jobs.append(SynthesisJob(voice, UNKNOWN_LABEL, KIND_LETTERS, tuple(utterances)))
     return jobs
+
+
+def letters_to_say(recipe: Recipe) -> list[str]:
+    """The recipe's letters less any that sound like a keyword ("o" is a spoken zero)."""
+    banned = {k.lower() for k in recipe.keywords} | {w.lower() for w in recipe.excluded_words}
+    return [letter.lower() for letter in recipe.letter_names if letter.lower() not in banned]
 
 
 def _run_job(arguments: tuple[SynthesisJob, str]) -> tuple[str, int]:

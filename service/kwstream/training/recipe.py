@@ -162,6 +162,8 @@ class Recipe:
     train: TrainSpec
     thresholds: ThresholdSpec
     evaluation: EvaluationSpec
+    letter_names: tuple[str, ...] = ()
+    """Letters of the alphabet that every voice says alone, as ``_unknown_`` clips."""
 
     @property
     def keywords(self) -> tuple[str, ...]:
@@ -294,6 +296,10 @@ def parse_recipe(data: dict[str, Any], path: Path, content: str = "") -> Recipe:
     unknown_word_pool = words.integer("pool", 4000, 0)
     confusable = words.strings("confusable", ())
     excluded = words.strings("excluded", ())
+    letter_names = words.strings("letters", ())
+    for letter in letter_names:
+        if len(letter) != 1 or not letter.isalpha():
+            raise RecipeError(f"{path}: words.letters: {letter!r} is not a single letter")
     words.check_unknown()
     if UNKNOWN_LABEL in labels and not Path(unknown_words_file).is_file():
         raise RecipeError(
@@ -352,7 +358,7 @@ def parse_recipe(data: dict[str, Any], path: Path, content: str = "") -> Recipe:
         unknown_words_file=unknown_words_file, unknown_word_pool=unknown_word_pool,
         confusable_words=confusable, excluded_words=excluded, silence_clips=silence_clips,
         augment=augment, architecture=architecture, train=train, thresholds=thresholds,
-        evaluation=evaluation,
+        evaluation=evaluation, letter_names=letter_names,
     )
 
 
