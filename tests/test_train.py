@@ -149,6 +149,27 @@ def test_letters_are_a_job_of_their_own(tmp_path: Path) -> None:
         [job.cache_key() for job in before]
 
 
+def test_training_voices_repeat_confusable_words(tmp_path: Path) -> None:
+    from kwstream.training.corpus import KIND_CONFUSABLE, plan_jobs
+
+    repeated = tmp_path / "repeated.toml"
+    repeated.write_text(TINY_RECIPE.read_text().replace(
+        'confusable = ["yet", "now", "cup"]',
+        'confusable = ["yet", "now", "cup"]\nconfusable_renditions = 3'))
+    before = plan_jobs(load_recipe(TINY_RECIPE))
+    after = plan_jobs(load_recipe(repeated))
+
+    added = [job for job in after if job.kind.startswith(KIND_CONFUSABLE)]
+    # The three training voices say each word twice more; validation and test voices do not.
+    assert sorted(job.voice.key for job in added) == ["espeak-ng:en-us", "flite:slt",
+                                                     "pico:en-US"]
+    for job in added:
+        assert sorted(u.text for u in job.utterances) == sorted(["yet.", "now.", "cup."] * 2)
+        assert len({(u.speed, u.pitch) for u in job.utterances}) == 6
+    assert [job.cache_key() for job in after if not job.kind.startswith(KIND_CONFUSABLE)] == \
+        [job.cache_key() for job in before]
+
+
 def test_recipe_rejects_a_letter_that_is_a_word(tmp_path: Path) -> None:
     recipe = tmp_path / "bad.toml"
     recipe.write_text(TINY_RECIPE.read_text().replace(

@@ -35,6 +35,7 @@ KIND_WORD = "word"
 KIND_SENTENCE = "sentence"
 # Starts with KIND_WORD: letter names are single-word clips like the other words.
 KIND_LETTERS = "word-letters"
+KIND_CONFUSABLE = "word-confusable"
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,20 @@ def plan_jobs(recipe: Recipe) -> list[SynthesisJob]:
                 variant, speed, pitch = _rendition(voice, rng)
                 utterances.append(Utterance(f"{letter}.", variant, speed, pitch))
             jobs.append(SynthesisJob(voice, UNKNOWN_LABEL, KIND_LETTERS, tuple(utterances)))
+        repeats = recipe.confusable_renditions - 1
+        if repeats and confusable_count and voice.unknown_words and voice.split == "train":
+            # Training voices say the confusable words again, in renditions of their own. The
+            # validation and test voices say each once, so their sets stay comparable.
+            rng = np.random.default_rng(stable_seed(recipe.seed, voice.key, "confusable"))
+            utterances = []
+            for _ in range(repeats):
+                for word in pool[:confusable_count]:
+                    variant, speed, pitch = _rendition(voice, rng)
+                    utterances.append(Utterance(f"{word}.", variant, speed, pitch))
+            for start in range(0, len(utterances), 200):
+                jobs.append(SynthesisJob(voice, UNKNOWN_LABEL,
+                                         f"{KIND_CONFUSABLE}{start // 200}",
+                                         tuple(utterances[start:start + 200])))
     return jobs
 
 

@@ -164,6 +164,8 @@ class Recipe:
     evaluation: EvaluationSpec
     letter_names: tuple[str, ...] = ()
     """Letters of the alphabet that every voice says alone, as ``_unknown_`` clips."""
+    confusable_renditions: int = 1
+    """How many times each training voice says each confusable word."""
 
     @property
     def keywords(self) -> tuple[str, ...]:
@@ -297,6 +299,7 @@ def parse_recipe(data: dict[str, Any], path: Path, content: str = "") -> Recipe:
     confusable = words.strings("confusable", ())
     excluded = words.strings("excluded", ())
     letter_names = words.strings("letters", ())
+    confusable_renditions = words.integer("confusable_renditions", 1, 1, 20)
     for letter in letter_names:
         if len(letter) != 1 or not letter.isalpha():
             raise RecipeError(f"{path}: words.letters: {letter!r} is not a single letter")
@@ -359,6 +362,7 @@ def parse_recipe(data: dict[str, Any], path: Path, content: str = "") -> Recipe:
         confusable_words=confusable, excluded_words=excluded, silence_clips=silence_clips,
         augment=augment, architecture=architecture, train=train, thresholds=thresholds,
         evaluation=evaluation, letter_names=letter_names,
+        confusable_renditions=confusable_renditions,
     )
 
 
