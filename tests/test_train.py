@@ -169,6 +169,13 @@ def test_training_voices_repeat_confusable_words(tmp_path: Path) -> None:
     assert [job.cache_key() for job in after if not job.kind.startswith(KIND_CONFUSABLE)] == \
         [job.cache_key() for job in before]
 
+    # Letter names are repeated the same way, in a job of their own.
+    repeated.write_text(repeated.read_text().replace(
+        'confusable_renditions = 3', 'confusable_renditions = 3\nletters = ["c", "q"]'))
+    again = [job for job in plan_jobs(load_recipe(repeated)) if job.kind == "word-letters-again"]
+    assert len(again) == 3
+    assert sorted(u.text for u in again[0].utterances) == ["c.", "c.", "q.", "q."]
+
 
 def test_recipe_rejects_a_letter_that_is_a_word(tmp_path: Path) -> None:
     recipe = tmp_path / "bad.toml"

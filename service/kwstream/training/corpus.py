@@ -163,8 +163,9 @@ def plan_jobs(recipe: Recipe) -> list[SynthesisJob]:
             jobs.append(SynthesisJob(voice, UNKNOWN_LABEL, KIND_LETTERS, tuple(utterances)))
         repeats = recipe.confusable_renditions - 1
         if repeats and confusable_count and voice.unknown_words and voice.split == "train":
-            # Training voices say the confusable words again, in renditions of their own. The
-            # validation and test voices say each once, so their sets stay comparable.
+            # Training voices say the confusable words and letters again, in renditions of
+            # their own. The validation and test voices say each once, so their sets stay
+            # comparable.
             rng = np.random.default_rng(stable_seed(recipe.seed, voice.key, "confusable"))
             utterances = []
             for _ in range(repeats):
@@ -175,6 +176,16 @@ def plan_jobs(recipe: Recipe) -> list[SynthesisJob]:
                 jobs.append(SynthesisJob(voice, UNKNOWN_LABEL,
                                          f"{KIND_CONFUSABLE}{start // 200}",
                                          tuple(utterances[start:start + 200])))
+            if letters:
+                # Letter names are confusable words too ("q" and "two", "c" and "three").
+                rng = np.random.default_rng(stable_seed(recipe.seed, voice.key, "letters-again"))
+                utterances = []
+                for _ in range(repeats):
+                    for letter in letters:
+                        variant, speed, pitch = _rendition(voice, rng)
+                        utterances.append(Utterance(f"{letter}.", variant, speed, pitch))
+                jobs.append(SynthesisJob(voice, UNKNOWN_LABEL, f"{KIND_LETTERS}-again",
+                                         tuple(utterances)))
     return jobs
 
 

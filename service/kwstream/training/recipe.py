@@ -165,7 +165,7 @@ class Recipe:
     letter_names: tuple[str, ...] = ()
     """Letters of the alphabet that every voice says alone, as ``_unknown_`` clips."""
     confusable_renditions: int = 1
-    """How many times each training voice says each confusable word."""
+    """How many times each training voice says each confusable word and letter name."""
 
     @property
     def keywords(self) -> tuple[str, ...]:
