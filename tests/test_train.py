@@ -65,6 +65,14 @@ def test_train_tiny_model_end_to_end(tmp_path: Path) -> None:
         if detail["name"] and detail["dtype"] == np.float32:
             pytest.fail(f"float32 tensor {detail['name']} in an int8 model")
 
+    # Every voice said the letters, and the training voices said them and the confusable
+    # words once more.
+    speech = tmp_path / "cache" / "speech"
+    letters = [path.name for path in speech.rglob("_unknown_-word-letters-*.npz")]
+    assert len([name for name in letters if "-again-" not in name]) == 5
+    assert len([name for name in letters if "-again-" in name]) == 3
+    assert len(list(speech.rglob("_unknown_-word-confusable0-*.npz"))) == 3
+
     metrics = json.loads(model_path.with_suffix(".json").read_text())["metrics"]
     assert metrics["test_voices"]["clips"] > 0
     assert 0.0 <= metrics["test_voices"]["accuracy"] <= 1.0
@@ -128,19 +136,27 @@ def test_recipe_rejects_missing_noise_file(tmp_path: Path) -> None:
         load_recipe(recipe)
 
 
+def _recipe_with_words(tmp_path: Path, name: str, lines: str) -> Path:
+    """Write the tiny recipe without letters or repeated confusable words, plus ``lines``."""
+    text = "\n".join(line for line in TINY_RECIPE.read_text().splitlines()
+                     if not line.startswith(("letters =", "confusable_renditions =")))
+    path = tmp_path / name
+    path.write_text(text.replace('confusable = ["yet", "now", "cup"]',
+                                 f'confusable = ["yet", "now", "cup"]\n{lines}'))
+    return path
+
+
 def test_letters_are_a_job_of_their_own(tmp_path: Path) -> None:
     from kwstream.training.corpus import KIND_LETTERS, plan_jobs
 
-    text = TINY_RECIPE.read_text()
-    with_letters = tmp_path / "letters.toml"
-    with_letters.write_text(text.replace(
-        'excluded = ["yeses", "noes", "ups", "know"]',
-        'excluded = ["yeses", "noes", "ups", "know", "o"]\nletters = ["c", "o", "Q"]'))
-    before = plan_jobs(load_recipe(TINY_RECIPE))
+    plain = _recipe_with_words(tmp_path, "plain.toml", "")
+    with_letters = _recipe_with_words(tmp_path, "letters.toml", 'letters = ["c", "o", "Q"]')
+    with_letters.write_text(with_letters.read_text().replace('"know"]', '"know", "o"]'))
+    before = plan_jobs(load_recipe(plain))
     after = plan_jobs(load_recipe(with_letters))
 
     added = [job for job in after if job.kind == KIND_LETTERS]
-    # Every voice that says non-keyword words says the letters; "o" is an excluded word.
+    # Every voice that speaks non-keyword words speaks the letters. "o" is an excluded word.
     assert len(added) == 5
     assert {tuple(u.text for u in job.utterances) for job in added} == {("c.", "q.")}
     assert {job.label for job in added} == {"_unknown_"}
@@ -152,15 +168,13 @@ def test_letters_are_a_job_of_their_own(tmp_path: Path) -> None:
 def test_training_voices_repeat_confusable_words(tmp_path: Path) -> None:
     from kwstream.training.corpus import KIND_CONFUSABLE, plan_jobs
 
-    repeated = tmp_path / "repeated.toml"
-    repeated.write_text(TINY_RECIPE.read_text().replace(
-        'confusable = ["yet", "now", "cup"]',
-        'confusable = ["yet", "now", "cup"]\nconfusable_renditions = 3'))
-    before = plan_jobs(load_recipe(TINY_RECIPE))
+    plain = _recipe_with_words(tmp_path, "plain.toml", "")
+    repeated = _recipe_with_words(tmp_path, "repeated.toml", "confusable_renditions = 3")
+    before = plan_jobs(load_recipe(plain))
     after = plan_jobs(load_recipe(repeated))
 
     added = [job for job in after if job.kind.startswith(KIND_CONFUSABLE)]
-    # The three training voices say each word twice more; validation and test voices do not.
+    # The three training voices speak each word twice more, validation and test voices once.
     assert sorted(job.voice.key for job in added) == ["espeak-ng:en-us", "flite:slt",
                                                      "pico:en-US"]
     for job in added:
@@ -170,18 +184,15 @@ def test_training_voices_repeat_confusable_words(tmp_path: Path) -> None:
         [job.cache_key() for job in before]
 
     # Letter names are repeated the same way, in a job of their own.
-    repeated.write_text(repeated.read_text().replace(
-        'confusable_renditions = 3', 'confusable_renditions = 3\nletters = ["c", "q"]'))
-    again = [job for job in plan_jobs(load_recipe(repeated)) if job.kind == "word-letters-again"]
+    both = _recipe_with_words(tmp_path, "both.toml",
+                              'confusable_renditions = 3\nletters = ["c", "q"]')
+    again = [job for job in plan_jobs(load_recipe(both)) if job.kind == "word-letters-again"]
     assert len(again) == 3
     assert sorted(u.text for u in again[0].utterances) == ["c.", "c.", "q.", "q."]
 
 
 def test_recipe_rejects_a_letter_that_is_a_word(tmp_path: Path) -> None:
-    recipe = tmp_path / "bad.toml"
-    recipe.write_text(TINY_RECIPE.read_text().replace(
-        'excluded = ["yeses", "noes", "ups", "know"]',
-        'excluded = ["yeses", "noes", "ups", "know"]\nletters = ["c", "see"]'))
+    recipe = _recipe_with_words(tmp_path, "bad.toml", 'letters = ["c", "see"]')
     with pytest.raises(RecipeError, match=r"words\.letters: 'see' is not a single letter"):
         load_recipe(recipe)
 
