@@ -65,7 +65,7 @@ def test_train_tiny_model_end_to_end(tmp_path: Path) -> None:
         if detail["name"] and detail["dtype"] == np.float32:
             pytest.fail(f"float32 tensor {detail['name']} in an int8 model")
 
-    # Every voice said the letters, and the training voices said them and the confusable
+    # Every voice spoke the letters, and the training voices spoke them and the confusable
     # words once more.
     speech = tmp_path / "cache" / "speech"
     letters = [path.name for path in speech.rglob("_unknown_-word-letters-*.npz")]

@@ -91,7 +91,7 @@ def non_keyword_words(recipe: Recipe) -> list[str]:
     Keywords and their listed homophones are removed, so an ``_unknown_`` clip never says a
     keyword.
     """
-    banned = {k.lower() for k in recipe.keywords} | {w.lower() for w in recipe.excluded_words}
+    banned = _banned_words(recipe)
     confusable = [w.lower() for w in recipe.confusable_words if w.lower() not in banned]
     words: list[str] = []
     if recipe.unknown_word_pool:
@@ -116,6 +116,7 @@ def plan_jobs(recipe: Recipe) -> list[SynthesisJob]:
     jobs: list[SynthesisJob] = []
     pool = non_keyword_words(recipe) if UNKNOWN_LABEL in recipe.labels else []
     confusable_count = len([w for w in recipe.confusable_words if w.lower() in set(pool)])
+    letters = letters_to_say(recipe) if UNKNOWN_LABEL in recipe.labels else []
     for voice in recipe.voices:
         for keyword in recipe.keywords:
             rng = np.random.default_rng(stable_seed(recipe.seed, voice.key, keyword))
@@ -151,47 +152,49 @@ def plan_jobs(recipe: Recipe) -> list[SynthesisJob]:
                 variant, speed, pitch = _rendition(voice, rng)
                 utterances.append(Utterance(" ".join(words) + ".", variant, speed, pitch))
             jobs.append(SynthesisJob(voice, UNKNOWN_LABEL, KIND_SENTENCE, tuple(utterances)))
-        letters = letters_to_say(recipe)
         if letters and voice.unknown_words:
-            # A job of its own with its own random stream, so adding letters leaves every
-            # other job, and its cached audio, as it was.
-            rng = np.random.default_rng(stable_seed(recipe.seed, voice.key, "letters"))
-            utterances = []
-            for letter in letters:
-                variant, speed, pitch = _rendition(voice, rng)
-                utterances.append(Utterance(f"{letter}.", variant, speed, pitch))
-            jobs.append(SynthesisJob(voice, UNKNOWN_LABEL, KIND_LETTERS, tuple(utterances)))
+            # A job with its own random stream, so adding letters leaves every other job, and
+            # its cached audio, as it was.
+            utterances = _utterances(voice, recipe.seed, "letters", letters)
+            jobs.append(SynthesisJob(voice, UNKNOWN_LABEL, KIND_LETTERS, utterances))
         repeats = recipe.confusable_renditions - 1
         if repeats and confusable_count and voice.unknown_words and voice.split == "train":
-            # Training voices say the confusable words and letters again, in renditions of
-            # their own. The validation and test voices say each once, so their sets stay
+            # Training voices speak the confusable words and letters again, in renditions of
+            # their own. Validation and test voices speak each once, so their sets stay
             # comparable.
-            rng = np.random.default_rng(stable_seed(recipe.seed, voice.key, "confusable"))
-            utterances = []
-            for _ in range(repeats):
-                for word in pool[:confusable_count]:
-                    variant, speed, pitch = _rendition(voice, rng)
-                    utterances.append(Utterance(f"{word}.", variant, speed, pitch))
+            utterances = _utterances(voice, recipe.seed, "confusable",
+                                     pool[:confusable_count] * repeats)
             for start in range(0, len(utterances), 200):
                 jobs.append(SynthesisJob(voice, UNKNOWN_LABEL,
                                          f"{KIND_CONFUSABLE}{start // 200}",
-                                         tuple(utterances[start:start + 200])))
+                                         utterances[start:start + 200]))
             if letters:
                 # Letter names are confusable words too ("q" and "two", "c" and "three").
-                rng = np.random.default_rng(stable_seed(recipe.seed, voice.key, "letters-again"))
-                utterances = []
-                for _ in range(repeats):
-                    for letter in letters:
-                        variant, speed, pitch = _rendition(voice, rng)
-                        utterances.append(Utterance(f"{letter}.", variant, speed, pitch))
+                utterances = _utterances(voice, recipe.seed, "letters-again", letters * repeats)
                 jobs.append(SynthesisJob(voice, UNKNOWN_LABEL, f"{KIND_LETTERS}-again",
-                                         tuple(utterances)))
+                                         utterances))
     return jobs
 
 
+def _banned_words(recipe: Recipe) -> set[str]:
+    """Return the keywords and their listed homophones, in lower case."""
+    return {k.lower() for k in recipe.keywords} | {w.lower() for w in recipe.excluded_words}
+
+
+def _utterances(voice: VoiceSpec, seed: int, stream: str,
+                words: list[str]) -> tuple[Utterance, ...]:
+    """Render each word once, with a full stop, from the voice's random stream ``stream``."""
+    rng = np.random.default_rng(stable_seed(seed, voice.key, stream))
+    utterances = []
+    for word in words:
+        variant, speed, pitch = _rendition(voice, rng)
+        utterances.append(Utterance(f"{word}.", variant, speed, pitch))
+    return tuple(utterances)
+
+
 def letters_to_say(recipe: Recipe) -> list[str]:
-    """The recipe's letters less any that sound like a keyword ("o" is a spoken zero)."""
-    banned = {k.lower() for k in recipe.keywords} | {w.lower() for w in recipe.excluded_words}
+    """Return the recipe's letters less any that sound like a keyword ("o" is a spoken zero)."""
+    banned = _banned_words(recipe)
     return [letter.lower() for letter in recipe.letter_names if letter.lower() not in banned]
 
 

@@ -163,9 +163,9 @@ class Recipe:
     thresholds: ThresholdSpec
     evaluation: EvaluationSpec
     letter_names: tuple[str, ...] = ()
-    """Letters of the alphabet that every voice says alone, as ``_unknown_`` clips."""
+    """Letters of the alphabet whose names every voice speaks alone, as ``_unknown_`` clips."""
     confusable_renditions: int = 1
-    """How many times each training voice says each confusable word and letter name."""
+    """Number of times each training voice speaks each confusable word and letter name."""
 
     @property
     def keywords(self) -> tuple[str, ...]:
