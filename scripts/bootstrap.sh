@@ -17,10 +17,13 @@ APT_PACKAGES=(
     wamerican                                         # English word list for the _unknown_ class
 )
 # Diphone voices for training, in Debian's contrib and non-free components: mbrola's US and
-# British English voices, its German, French, Dutch and Afrikaans voices that read English with
-# an accent (all spoken through espeak-ng), and SVOX pico.
+# British English voices, its German, French, Dutch, Afrikaans, Greek, Hungarian, Polish,
+# Romanian and Swedish voices that read English with an accent (all spoken through espeak-ng),
+# and SVOX pico.
 VOICE_PACKAGES=(mbrola mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1 mbrola-de1 mbrola-de2
-                mbrola-de3 mbrola-fr1 mbrola-fr4 mbrola-nl2 mbrola-af1 libttspico-utils)
+                mbrola-de3 mbrola-de4 mbrola-de5 mbrola-de6 mbrola-fr1 mbrola-fr4 mbrola-nl2
+                mbrola-af1 mbrola-gr2 mbrola-hu1 mbrola-pl1 mbrola-ro1 mbrola-sw1 mbrola-sw2
+                libttspico-utils)
 NONFREE_SOURCES=/etc/apt/sources.list.d/kwstream-contrib-non-free.sources
 # NOTE: the sources file is written for Debian and was run only on bookworm. Raspberry Pi OS
 # lists its own sources, and the Pi needs these voices only for training.

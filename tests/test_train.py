@@ -191,6 +191,31 @@ def test_training_voices_repeat_confusable_words(tmp_path: Path) -> None:
     assert sorted(u.text for u in again[0].utterances) == ["c.", "c.", "q.", "q."]
 
 
+def test_an_engine_or_a_voice_sets_its_own_confusable_renditions(tmp_path: Path) -> None:
+    from kwstream.training.corpus import KIND_CONFUSABLE, plan_jobs
+
+    recipe = _recipe_with_words(tmp_path, "engine.toml", "confusable_renditions = 3")
+    # flite's voices say the words once more, pico's training voice not again at all.
+    text = recipe.read_text().replace("[engines.flite]", "[engines.flite]\nconfusable_renditions = 2")
+    pico = 'name = "en-US"\nsplit = "train"'
+    recipe.write_text(text.replace(pico, pico + "\nconfusable_renditions = 1"))
+    loaded = load_recipe(recipe)
+    assert {v.key: v.confusable_renditions for v in loaded.voices if v.split == "train"} == {
+        "espeak-ng:en-us": None, "flite:slt": 2, "pico:en-US": 1}
+    repeated = {job.voice.key: sorted(u.text for u in job.utterances)
+                for job in plan_jobs(loaded) if job.kind.startswith(KIND_CONFUSABLE)}
+    assert repeated == {"espeak-ng:en-us": sorted(["yet.", "now.", "cup."] * 2),
+                        "flite:slt": ["cup.", "now.", "yet."]}
+
+    # Only training voices repeat the words, so a validation voice's own setting is an error.
+    validation = 'split = "validation"'
+    assert validation in text
+    recipe.write_text(text.replace(validation, validation + "\nconfusable_renditions = 2", 1))
+    with pytest.raises(RecipeError, match=r"voices\[\d+\]\.confusable_renditions: .* is a "
+                                          r"validation voice"):
+        load_recipe(recipe)
+
+
 def test_recipe_rejects_a_letter_that_is_a_word(tmp_path: Path) -> None:
     recipe = _recipe_with_words(tmp_path, "bad.toml", 'letters = ["c", "see"]')
     with pytest.raises(RecipeError, match=r"words\.letters: 'see' is not a single letter"):

@@ -157,7 +157,7 @@ def plan_jobs(recipe: Recipe) -> list[SynthesisJob]:
             # its cached audio, as it was.
             utterances = _utterances(voice, recipe.seed, "letters", letters)
             jobs.append(SynthesisJob(voice, UNKNOWN_LABEL, KIND_LETTERS, utterances))
-        repeats = recipe.confusable_renditions - 1
+        repeats = (voice.confusable_renditions or recipe.confusable_renditions) - 1
         if repeats and confusable_count and voice.unknown_words and voice.split == "train":
             # Training voices speak the confusable words and letters again, in renditions of
             # their own. Validation and test voices speak each once, so their sets stay

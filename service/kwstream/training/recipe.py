@@ -43,6 +43,9 @@ class VoiceSpec:
     copies: int | None = None
     """Augmented copies of this voice's training clips, or None for [augment] copies. More
     copies weigh a scarce voice (a slow neural engine's) more without synthesizing more."""
+    confusable_renditions: int | None = None
+    """Times a training voice says each confusable word and letter name, or None for
+    [words] confusable_renditions. A slow engine can say them fewer times than the rest."""
 
     @property
     def key(self) -> str:
@@ -431,15 +434,21 @@ def _parse_voices(root: _Section, path: Path) -> list[VoiceSpec]:
             pitch_range=pick("pitch_range", "pair", (0.8, 1.25)),
             options=dict(pick("options", "get", {}, dict)),
             copies=pick("copies", "integer", 0, 0, 100) or None,
+            confusable_renditions=(pick("confusable_renditions", "integer", 1, 1, 20)
+                                   if "confusable_renditions" in section.data
+                                   or "confusable_renditions" in base.data else None),
         )
         section.check_unknown()
+        if "confusable_renditions" in section.data and split != "train":
+            raise RecipeError(f"{path}: voices[{index}].confusable_renditions: {voice.key} is a "
+                              f"{split} voice; only training voices repeat confusable words")
         if voice.key in seen:
             raise RecipeError(f"{path}: voice {voice.key} is listed twice")
         seen.add(voice.key)
         voices.append(voice)
     for base in defaults.values():
         base.used.update({"renditions", "unknown_words", "sentences", "variants", "speed_range",
-                          "pitch_range", "options", "copies"})
+                          "pitch_range", "options", "copies", "confusable_renditions"})
         base.check_unknown()
     return voices
 
