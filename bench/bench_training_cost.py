@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kwstream.errors import RecipeError
 from kwstream.training.corpus import plan_jobs
 from kwstream.training.engines import synthesize
 from kwstream.training.recipe import load_recipe
@@ -85,11 +86,17 @@ def training_rate(recipe, windows: int) -> float:
     return windows / (time.perf_counter() - started)
 
 
-def training_windows(card_path: Path | None) -> int | None:
-    if card_path is None:
-        return None
-    card = json.loads(card_path.read_text())
-    return int(sum(card["data"]["clips_per_class"]["train"].values()))
+def training_windows(card_path: Path) -> int:
+    """Return the training window count that a model card records, or raise ValueError."""
+    try:
+        card = json.loads(card_path.read_text())
+        counts = card["data"]["clips_per_class"]["train"]
+        return int(sum(counts.values()))
+    except OSError as error:
+        raise ValueError(f"{card_path}: cannot read the model card ({error.strerror})") from error
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"{card_path}: not a model card (no data.clips_per_class.train)") \
+            from error
 
 
 def render(results: list[dict], machine: str) -> str:
@@ -137,16 +144,31 @@ def main() -> int:
         parser.error(f"{len(args.card)} --card for {len(args.recipe)} --recipe; give one "
                      "card per recipe or none")
 
+    # Every input is checked before the minutes of measurement start.
+    try:
+        recipes = [load_recipe(path) for path in args.recipe]
+        windows_per_recipe = [training_windows(path) for path in args.card] or \
+            [None] * len(recipes)
+    except (RecipeError, ValueError) as error:
+        print(f"bench_training_cost: {error}", file=sys.stderr)
+        return 2
+    if args.markdown:
+        if not args.markdown.is_file():
+            print(f"bench_training_cost: {args.markdown} not found", file=sys.stderr)
+            return 2
+        if BEGIN not in args.markdown.read_text() or END not in args.markdown.read_text():
+            print(f"bench_training_cost: {args.markdown}: no {BEGIN} ... {END} section to "
+                  "replace", file=sys.stderr)
+            return 2
+
     cores = os.cpu_count() or 1
     machine = f"{platform.machine()}, {cores} cores, Python {platform.python_version()}"
 
     results = []
-    for index, recipe_path in enumerate(args.recipe):
-        recipe = load_recipe(recipe_path)
+    for recipe_path, recipe, windows in zip(args.recipe, recipes, windows_per_recipe, strict=True):
         print(f"{recipe_path}:", flush=True)
         costs = synthesis_costs(plan_jobs(recipe), args.samples, recipe.seed)
         rate = training_rate(recipe, args.training_windows)
-        windows = training_windows(args.card[index] if args.card else None)
         estimate = None if windows is None else windows * recipe.train.epochs / rate / 60.0
         print(f"training: {rate:.0f} windows/s" + (
             "" if estimate is None else f", {windows} windows x {recipe.train.epochs} epochs "
@@ -164,9 +186,6 @@ def main() -> int:
 
     if args.markdown:
         text = args.markdown.read_text()
-        if BEGIN not in text or END not in text:
-            print(f"{args.markdown}: no {BEGIN} ... {END} section to replace", file=sys.stderr)
-            return 1
         section = f"{BEGIN}\n{render(results, machine)}\n{END}"
         text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: section, text,
                       flags=re.S)
