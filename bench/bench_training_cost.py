@@ -156,7 +156,8 @@ def main() -> int:
         if not args.markdown.is_file():
             print(f"bench_training_cost: {args.markdown} not found", file=sys.stderr)
             return 2
-        if BEGIN not in args.markdown.read_text() or END not in args.markdown.read_text():
+        existing = args.markdown.read_text()
+        if BEGIN not in existing or END not in existing:
             print(f"bench_training_cost: {args.markdown}: no {BEGIN} ... {END} section to "
                   "replace", file=sys.stderr)
             return 2

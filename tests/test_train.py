@@ -191,11 +191,11 @@ def test_training_voices_repeat_confusable_words(tmp_path: Path) -> None:
     assert sorted(u.text for u in again[0].utterances) == ["c.", "c.", "q.", "q."]
 
 
-def test_an_engine_or_a_voice_sets_its_own_confusable_renditions(tmp_path: Path) -> None:
+def test_recipe_confusable_renditions_per_engine_and_voice(tmp_path: Path) -> None:
     from kwstream.training.corpus import KIND_CONFUSABLE, plan_jobs
 
     recipe = _recipe_with_words(tmp_path, "engine.toml", "confusable_renditions = 3")
-    # flite's voices say the words once more, pico's training voice not again at all.
+    # flite's voices speak the words once more, and pico's training voice does not repeat them.
     text = recipe.read_text().replace("[engines.flite]", "[engines.flite]\nconfusable_renditions = 2")
     pico = 'name = "en-US"\nsplit = "train"'
     recipe.write_text(text.replace(pico, pico + "\nconfusable_renditions = 1"))

@@ -44,8 +44,8 @@ class VoiceSpec:
     """Augmented copies of this voice's training clips, or None for [augment] copies. More
     copies weigh a scarce voice (a slow neural engine's) more without synthesizing more."""
     confusable_renditions: int | None = None
-    """Times a training voice says each confusable word and letter name, or None for
-    [words] confusable_renditions. A slow engine can say them fewer times than the rest."""
+    """Renditions of each confusable word and letter name by a training voice, or None for
+    [words] confusable_renditions. A slow engine can speak them fewer times than the rest."""
 
     @property
     def key(self) -> str:
