@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
     ffmpeg sox libsndfile1 libportaudio2 alsa-utils   # decoding, resampling, audio devices
     espeak-ng flite festival festvox-kallpc16k        # offline speech synthesis for training
+    festvox-kdlpc16k festvox-us-slt-hts
     asterisk-core-sounds-en-g722                      # real human speech for evaluation
     asterisk-core-sounds-en                           # the sounds/en link and transcripts
     asterisk-moh-opsound-g722                         # music backgrounds for augmentation
@@ -19,10 +20,12 @@ APT_PACKAGES=(
 # Diphone voices for training, in Debian's contrib and non-free components: mbrola's US and
 # British English voices, its German, French, Dutch, Afrikaans, Greek, Hungarian, Polish,
 # Romanian and Swedish voices that read English with an accent (all spoken through espeak-ng),
-# and SVOX pico.
+# festival's British diphone voices and its front ends for mbrola's English voices, and SVOX
+# pico.
 VOICE_PACKAGES=(mbrola mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1 mbrola-de1 mbrola-de2
                 mbrola-de3 mbrola-de4 mbrola-de5 mbrola-de6 mbrola-fr1 mbrola-fr4 mbrola-nl2
                 mbrola-af1 mbrola-gr2 mbrola-hu1 mbrola-pl1 mbrola-ro1 mbrola-sw1 mbrola-sw2
+                festvox-rablpc16k festvox-don festvox-us1 festvox-us2 festvox-en1
                 libttspico-utils)
 NONFREE_SOURCES=/etc/apt/sources.list.d/kwstream-contrib-non-free.sources
 # NOTE: the sources file is written for Debian and was run only on bookworm. Raspberry Pi OS

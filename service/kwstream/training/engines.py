@@ -272,34 +272,52 @@ def _scheme_string(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _festival_script(name: str, utterances: list[Utterance], paths: list[Path],
+                     base_f0: float) -> str:
+    lines = [f"(voice_{name})"]
+    for utterance, path in zip(utterances, paths):
+        text = utterance.text if utterance.text.endswith(".") else utterance.text + "."
+        lines.append(f"(Parameter.set 'Duration_Stretch {1.0 / utterance.speed:.3f})")
+        lines.append(
+            f"(set! int_lr_params (list '(target_f0_mean {base_f0 * utterance.pitch:.1f}) "
+            f"'(target_f0_std {base_f0 * 0.15:.1f}) '(model_f0_mean 170) "
+            f"'(model_f0_std 34)))"
+        )
+        lines.append(f"(set! utt (utt.synth (Utterance Text {_scheme_string(text)})))")
+        lines.append(f"(utt.save.wave utt {_scheme_string(str(path))} 'riff)")
+    return "\n".join(lines) + "\n"
+
+
 def _festival(name: str, utterances: list[Utterance],
               options: dict[str, object]) -> list[np.ndarray]:
-    """Run one festival process for all utterances; festival starts slowly (about 0.5 s)."""
+    """Run one festival process for all utterances; festival starts slowly (about 0.5 s).
+
+    When that process fails, each utterance it did not write runs in a process of its own, so
+    the error names the utterance that festival cannot speak (some diphone voices crash on
+    pitch targets below their recorded range).
+    """
     binary = require_binary("festival")
     base_f0 = float(options.get("base_f0_hz", FESTIVAL_BASE_F0_HZ.get(name, 105.0)))  # type: ignore[arg-type]
     with tempfile.TemporaryDirectory(prefix="kwstream-festival-") as folder:
-        lines = [f"(voice_{name})"]
-        paths = []
-        for index, utterance in enumerate(utterances):
-            path = Path(folder) / f"{index}.wav"
-            paths.append(path)
-            text = utterance.text if utterance.text.endswith(".") else utterance.text + "."
-            lines.append(f"(Parameter.set 'Duration_Stretch {1.0 / utterance.speed:.3f})")
-            lines.append(
-                f"(set! int_lr_params (list '(target_f0_mean {base_f0 * utterance.pitch:.1f}) "
-                f"'(target_f0_std {base_f0 * 0.15:.1f}) '(model_f0_mean 170) "
-                f"'(model_f0_std 34)))"
-            )
-            lines.append(f"(set! utt (utt.synth (Utterance Text {_scheme_string(text)})))")
-            lines.append(f"(utt.save.wave utt {_scheme_string(str(path))} 'riff)")
+        paths = [Path(folder) / f"{index}.wav" for index in range(len(utterances))]
         script = Path(folder) / "script.scm"
-        script.write_text("\n".join(lines) + "\n")
+        script.write_text(_festival_script(name, utterances, paths, base_f0))
         result = subprocess.run([binary, "--batch", str(script)], capture_output=True,
                                 check=False)
-        missing = [p for p in paths if not p.is_file()]
-        if result.returncode != 0 or missing:
-            raise RuntimeError(f"festival voice {name} failed ({len(missing)} of {len(paths)} "
-                               f"files missing): {result.stderr.decode(errors='replace')[-500:]}")
+        if result.returncode != 0 or not all(p.is_file() for p in paths):
+            for utterance, path in zip(utterances, paths):
+                if path.is_file():
+                    continue
+                script.write_text(_festival_script(name, [utterance], [path], base_f0))
+                single = subprocess.run([binary, "--batch", str(script)], capture_output=True,
+                                        check=False)
+                if single.returncode != 0 or not path.is_file():
+                    raise RuntimeError(
+                        f"festival voice {name} cannot speak {utterance.text!r} at speed "
+                        f"{utterance.speed:.2f} and pitch {utterance.pitch:.2f} (target "
+                        f"{base_f0 * utterance.pitch:.0f} Hz; narrow the voice's pitch_range "
+                        f"or set options.base_f0_hz): "
+                        f"{single.stderr.decode(errors='replace')[-300:]}")
         output = []
         for path in paths:
             audio, rate = soundfile.read(path, dtype="int16")
