@@ -78,7 +78,7 @@ def training_rate(recipe, windows: int) -> float:
     y = generator.integers(0, classes, windows)
     centres = band_centres_mel(frontend.lower_hz, frontend.upper_hz, bands)
     spec = dataclasses.replace(recipe.train, epochs=1)
-    model = build_model(rows, bands, classes, recipe.architecture)
+    model = build_model(rows, bands, classes, recipe.architecture, recipe.seed)
     train_model(model, x[:2048], y[:2048], x[:256], y[:256], classes, spec, 1,
                 centres_mel=centres)
     started = time.perf_counter()

@@ -362,6 +362,31 @@ def test_frequency_warp_moves_a_band_peak() -> None:
     assert up.max() <= 1.0
 
 
+@pytest.mark.skipif(not _tensorflow_available(), reason="needs the train extra (TensorFlow)")
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_training_twice_gives_same_weights() -> None:
+    from kwstream.training.model import band_centres_mel, build_model, train_model
+    from kwstream.training.recipe import ArchitectureSpec, TrainSpec
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 1200)
+    windows = rng.normal(size=(1200, 49, 40)).astype(np.float32)
+    windows[np.arange(1200), labels * 10, :] += 2.0
+    architecture = ArchitectureSpec(first_filters=8, blocks=((8, 1), (16, 2)))
+    # Every random part of training is on: dropout, shuffling, frequency warp, masks.
+    spec = TrainSpec(epochs=2, batch_size=100, label_smoothing=0.0, mask_bands=4, mask_rows=4,
+                     warp_range=(0.9, 1.1))
+    centres = band_centres_mel(20.0, 7600.0, 40)
+    runs = []
+    for _ in range(2):
+        model = build_model(49, 40, 4, architecture, seed=3)
+        train_model(model, windows, labels, windows[:200], labels[:200], 4, spec, seed=5,
+                    centres_mel=centres)
+        runs.append(model.get_weights())
+    for first, second in zip(*runs, strict=True):
+        np.testing.assert_array_equal(first, second)
+
+
 def test_recipe_rejects_bad_warp_range(tmp_path: Path) -> None:
     recipe = tmp_path / "warp.toml"
     recipe.write_text(TINY_RECIPE.read_text().replace(

@@ -13,8 +13,11 @@ from kwstream.training.recipe import ArchitectureSpec, TrainSpec
 log = logging.getLogger(__name__)
 
 
-def build_model(rows: int, bands: int, classes: int, spec: ArchitectureSpec) -> Any:
+def build_model(rows: int, bands: int, classes: int, spec: ArchitectureSpec,
+                seed: int) -> Any:
     """Build a DS-CNN whose input is (batch, rows, bands, 1) and output a softmax over classes.
+
+    ``seed`` seeds the initial weights, so one recipe starts its training from one point.
 
     Batch normalization follows every convolution, so the converter folds it into the
     convolution weights and the int8 model keeps only CONV_2D, DEPTHWISE_CONV_2D, MEAN and
@@ -23,6 +26,7 @@ def build_model(rows: int, bands: int, classes: int, spec: ArchitectureSpec) -> 
     import keras
     from keras import layers
 
+    keras.utils.set_random_seed(seed)
     inputs = keras.Input(shape=(rows, bands, 1), name="features")
     x = layers.Conv2D(spec.first_filters, spec.first_kernel, strides=spec.first_stride,
                       padding="same", use_bias=False)(inputs)
@@ -126,12 +130,18 @@ def train_model(model: Any, train_x: np.ndarray, train_y: np.ndarray, val_x: np.
                 centres_mel: np.ndarray | None = None) -> dict[str, Any]:
     """Train with Adam and a cosine learning-rate decay, keeping the best validation epoch.
 
+    Training is deterministic on one machine and TensorFlow version: the same model, data and
+    seed give the same weights.
+
     Returns the per-epoch history, the best epoch and its validation accuracy.
     """
     import keras
     import tensorflow as tf
 
     keras.utils.set_random_seed(seed)
+    # Without this, two runs with one seed end with different weights: TensorFlow's threads
+    # and the random augmentation inside a parallel map do not keep one order.
+    tf.config.experimental.enable_op_determinism()
     steps = int(np.ceil(len(train_x) / spec.batch_size)) * spec.epochs
     schedule = keras.optimizers.schedules.CosineDecay(spec.learning_rate, decay_steps=steps,
                                                       alpha=0.02)

@@ -185,7 +185,7 @@ def _train_or_reuse(recipe: Recipe, data: dict[str, dataset.SplitData],
     classes = len(recipe.labels)
     keras_model = model_module.build_model(recipe.frontend.window_rows,
                                            recipe.frontend.num_bands, classes,
-                                           recipe.architecture)
+                                           recipe.architecture, recipe.seed)
     class_factors = {recipe.labels.index(label): factor
                      for label, factor in recipe.train.class_weight_factors.items()}
     if class_factors:

@@ -43,7 +43,7 @@ def write_model(name: str, labels: list[str], num_bands: int, seed: int) -> Path
     keras.utils.set_random_seed(seed)
     frontend = FrontendParams(num_bands=num_bands)
     spec = ArchitectureSpec(first_filters=8, blocks=((8, 1), (16, 2)))
-    model = build_model(frontend.window_rows, num_bands, len(labels), spec)
+    model = build_model(frontend.window_rows, num_bands, len(labels), spec, seed)
     # An untrained DS-CNN gives nearly uniform posteriors; larger output weights make its
     # posteriors vary with the input, so that it detects something.
     dense = next(layer for layer in model.layers if isinstance(layer, keras.layers.Dense))
