@@ -104,6 +104,12 @@ def test_train_tiny_model_end_to_end(tmp_path: Path) -> None:
     assert second["training"]["train_seconds"] == metrics["training"]["train_seconds"]
     assert "Keras model came from the cache" in (second_dir / "tiny.md").read_text()
 
+    # From another empty cache the recipe synthesizes, trains and exports the same model.
+    third_dir = tmp_path / "third"
+    assert main(["train", "--recipe", str(TINY_RECIPE), "--cache", str(tmp_path / "cache2"),
+                 "--out", str(third_dir)]) == 0
+    assert (third_dir / "tiny.tflite").read_bytes() == model_path.read_bytes()
+
 
 def test_recipe_rejects_unknown_engine(tmp_path: Path) -> None:
     recipe = tmp_path / "bad.toml"

@@ -26,6 +26,9 @@ def build_model(rows: int, bands: int, classes: int, spec: ArchitectureSpec,
     import keras
     from keras import layers
 
+    # Layer names come from global counters and end up in the .tflite, so a second model
+    # built in one process would export to other bytes without a fresh session.
+    keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
     inputs = keras.Input(shape=(rows, bands, 1), name="features")
     x = layers.Conv2D(spec.first_filters, spec.first_kernel, strides=spec.first_stride,
