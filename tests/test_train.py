@@ -103,6 +103,7 @@ def test_train_tiny_model_end_to_end(tmp_path: Path) -> None:
     assert second["training"]["reused_model"] is True
     assert second["training"]["train_seconds"] == metrics["training"]["train_seconds"]
     assert "Keras model came from the cache" in (second_dir / "tiny.md").read_text()
+    assert (second_dir / "tiny.tflite").read_bytes() == model_path.read_bytes()
 
     # From another empty cache the recipe synthesizes, trains and exports the same model.
     third_dir = tmp_path / "third"
