@@ -40,15 +40,15 @@ OUTPUT_GAIN = 400.0
 def write_model(name: str, labels: list[str], num_bands: int, seed: int) -> Path:
     import keras
 
-    keras.utils.set_random_seed(seed)
     frontend = FrontendParams(num_bands=num_bands)
     spec = ArchitectureSpec(first_filters=8, blocks=((8, 1), (16, 2)))
     model = build_model(frontend.window_rows, num_bands, len(labels), spec, seed)
     # An untrained DS-CNN gives nearly uniform posteriors; larger output weights make its
     # posteriors vary with the input, so that it detects something.
-    dense = next(layer for layer in model.layers if isinstance(layer, keras.layers.Dense))
-    kernel, bias = dense.get_weights()
-    dense.set_weights([kernel * OUTPUT_GAIN, bias])
+    # The output layer is the last 1x1 convolution, before the average pooling.
+    output = [layer for layer in model.layers if type(layer) is keras.layers.Conv2D][-1]
+    kernel, bias = output.get_weights()
+    output.set_weights([kernel * OUTPUT_GAIN, bias])
     rng = np.random.default_rng(seed)
     representative = rng.normal(0.0, 2.0, (64, frontend.window_rows, num_bands)).astype(np.float32)
     path = HERE / f"{name}.tflite"
