@@ -402,6 +402,20 @@ def test_recipe_rejects_bad_warp_range(tmp_path: Path) -> None:
         load_recipe(recipe)
 
 
+def test_recipe_train_seed(tmp_path: Path) -> None:
+    assert load_recipe(TINY_RECIPE).train.seed is None
+    recipe = tmp_path / "seed.toml"
+    recipe.write_text(TINY_RECIPE.read_text().replace(
+        "representative_windows = 50\n", "representative_windows = 50\nseed = 11\n"))
+    assert load_recipe(recipe).train.seed == 11
+    assert load_recipe(recipe).seed == load_recipe(TINY_RECIPE).seed
+    recipe.write_text(TINY_RECIPE.read_text().replace(
+        "representative_windows = 50\n", "representative_windows = 50\nseed = -1\n"))
+    with pytest.raises(RecipeError, match=r"seed\.toml: train\.seed must be in \[0, 4294967295\], "
+                                          r"got -1"):
+        load_recipe(recipe)
+
+
 def test_class_weights_balance_then_factor() -> None:
     from kwstream.training.model import class_weights
 

@@ -183,9 +183,10 @@ def _train_or_reuse(recipe: Recipe, data: dict[str, dataset.SplitData],
         return keras.models.load_model(saved), fit
     started = time.monotonic()
     classes = len(recipe.labels)
+    training_seed = recipe.seed if recipe.train.seed is None else recipe.train.seed
     keras_model = model_module.build_model(recipe.frontend.window_rows,
                                            recipe.frontend.num_bands, classes,
-                                           recipe.architecture, recipe.seed)
+                                           recipe.architecture, training_seed)
     class_factors = {recipe.labels.index(label): factor
                      for label, factor in recipe.train.class_weight_factors.items()}
     if class_factors:
@@ -193,7 +194,7 @@ def _train_or_reuse(recipe: Recipe, data: dict[str, dataset.SplitData],
             f"{label} x{factor}" for label, factor in recipe.train.class_weight_factors.items()))
     fit = model_module.train_model(keras_model, data["train"].features, data["train"].labels,
                                    data["validation"].features, data["validation"].labels,
-                                   classes, recipe.train, recipe.seed, class_factors,
+                                   classes, recipe.train, training_seed, class_factors,
                                    model_module.band_centres_mel(recipe.frontend.lower_hz,
                                                                  recipe.frontend.upper_hz,
                                                                  recipe.frontend.num_bands))

@@ -113,6 +113,9 @@ class TrainSpec:
     perturbation), drawn anew every epoch. (1, 1) warps nothing."""
     class_weight_factors: dict[str, float] = field(default_factory=dict, hash=False)
     """Factor on the balanced class weight of a label, such as ``{"yes": 2.0}``."""
+    seed: int | None = None
+    """Seed of the initial weights, the batch order and the training-time augmentation;
+    None: the recipe's seed. Another value draws another model from the same corpus."""
 
 
 @dataclass(frozen=True)
@@ -330,6 +333,8 @@ def parse_recipe(data: dict[str, Any], path: Path, content: str = "") -> Recipe:
         mask_rows=train_section.integer("mask_rows", 0, 0, 49),
         warp_range=train_section.pair("warp_range", (1.0, 1.0)),
         class_weight_factors=_parse_class_weight_factors(train_section, labels),
+        seed=(train_section.integer("seed", 0, 0, 2**32 - 1)
+              if "seed" in train_section.data else None),
     )
     train_section.check_unknown()
     if not 0.5 <= train.warp_range[0] <= train.warp_range[1] <= 2.0:
