@@ -300,8 +300,22 @@ def test_unknown_voice_is_named(tmp_path: Path) -> None:
 
     recipe = tmp_path / "bad.toml"
     recipe.write_text(TINY_RECIPE.read_text().replace('name = "rms"', 'name = "hal9000"'))
-    with pytest.raises(RecipeError, match="hal9000"):
+    with pytest.raises(RecipeError, match=r"bad\.toml: voices\[\d+\]: .*hal9000"):
         check_voices(load_recipe(recipe))
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ("{ base_f0 = 140 }", r"voices\[\d+\]\.options\.base_f0 is unknown for flite "
+                          r"\(known: base_f0_hz\)"),
+    ("{ base_f0_hz = -5 }", r"voices\[\d+\]\.options\.base_f0_hz must be a number of Hz "
+                            r"in \[40, 400\], got -5"),
+])
+def test_recipe_rejects_bad_voice_options(tmp_path: Path, options: str, message: str) -> None:
+    recipe = tmp_path / "options.toml"
+    recipe.write_text(TINY_RECIPE.read_text().replace(
+        'name = "rms"\n', f'name = "rms"\noptions = {options}\n'))
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(recipe)
 
 
 def test_missing_tts_binary_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -320,6 +334,27 @@ def test_cli_reports_recipe_error(tmp_path: Path, capsys: pytest.CaptureFixture[
     error = capsys.readouterr().err
     assert "labels" in error
     assert len(error.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(not Path("/usr/share/festival/voices/english/rab_diphone").is_dir(),
+                    reason="needs festvox-rablpc16k (Debian contrib; scripts/bootstrap.sh)")
+def test_cli_reports_synthesis_failure(tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    recipe = tmp_path / "crash.toml"
+    recipe.write_text(TINY_RECIPE.read_text() + '\n[[voices]]\nengine = "festival"\n'
+                      'name = "rab_diphone"\nsplit = "train"\npitch_range = [0.7, 0.75]\n'
+                      'renditions = 2\nunknown_words = 2\nsentences = 0\n')
+    status = main(["train", "--recipe", str(recipe), "--cache", str(tmp_path / "cache"),
+                   "--out", str(tmp_path / "out")])
+    assert status == 2
+    # The progress bar writes to stderr too; the error is one line, without a traceback.
+    stderr = capsys.readouterr().err
+    assert "Traceback" not in stderr
+    error = [line for line in stderr.splitlines() if line.startswith("kwstream train: error:")]
+    assert len(error) == 1
+    assert "crash.toml: synthesis failed: festival voice rab_diphone cannot speak" in error[0]
+    # The jobs of the other voices finished and stay cached for the next run.
+    assert list((tmp_path / "cache" / "speech").rglob("*.npz"))
 
 
 def _with_class_weight_factors(tmp_path: Path, table: str) -> Path:

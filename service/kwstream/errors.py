@@ -33,3 +33,7 @@ class EventFileError(KwstreamError):
 
 class RecipeError(KwstreamError):
     """A training or stream recipe with an invalid entry."""
+
+
+class SynthesisError(KwstreamError):
+    """A speech synthesis engine that failed on an utterance of a recipe."""

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from kwstream.errors import RecipeError
+from kwstream.errors import RecipeError, SynthesisError
 from kwstream.modelcard import ModelCard, SmootherSettings, file_sha256
 from kwstream.training import corpus, dataset, evaluate, export, report, smoothing
 from kwstream.training.engines import check_voice
@@ -45,8 +45,11 @@ def step(name: str, timings: dict[str, float]) -> Iterator[None]:
 
 
 def check_voices(recipe: Recipe) -> None:
-    for voice in recipe.voices:
-        check_voice(voice.engine, voice.name, voice.variants)
+    for index, voice in enumerate(recipe.voices):
+        try:
+            check_voice(voice.engine, voice.name, voice.variants)
+        except RecipeError as error:
+            raise RecipeError(f"{recipe.path}: voices[{index}]: {error}") from error
 
 
 def _split_summary(recipe: Recipe, data: dict[str, dataset.SplitData]) -> dict[str, Any]:
@@ -75,7 +78,11 @@ def run(recipe: Recipe, cache_dir: Path, out_dir: Path, processes: int | None = 
     with step("synthesis", timings):
         jobs = corpus.plan_jobs(recipe)
         cached_jobs = sum(job.cache_path(cache_dir).is_file() for job in jobs)
-        speech = corpus.synthesize_corpus(jobs, cache_dir, processes)
+        try:
+            speech = corpus.synthesize_corpus(jobs, cache_dir, processes)
+        except RuntimeError as error:
+            # An engine that fails on an utterance; the jobs that finished stay cached.
+            raise SynthesisError(f"{recipe.path}: synthesis failed: {error}") from error
 
     with step("features", timings):
         items = dataset.collect_items(recipe, speech)
@@ -141,7 +148,8 @@ def run(recipe: Recipe, cache_dir: Path, out_dir: Path, processes: int | None = 
         arena_bytes=arena,
         quantization=quantization,
         recipe={"path": _display_path(recipe.path), "content": recipe.content,
-                "seed": recipe.seed},
+                "seed": recipe.seed,
+                "train_seed": recipe.seed if recipe.train.seed is None else recipe.train.seed},
         data=_split_summary(recipe, data),
         metrics=metrics,
     )

@@ -246,6 +246,31 @@ class _Section:
             raise RecipeError(f"{self.source}: unknown key(s) {names}")
 
 
+# The options each engine reads, and the check of each option's value.
+ENGINE_OPTIONS: dict[str, dict[str, tuple[str, Any]]] = {
+    "flite": {"base_f0_hz": ("a number of Hz in [40, 400]",
+                             lambda v: isinstance(v, int | float) and not isinstance(v, bool)
+                             and 40 <= v <= 400)},
+    "festival": {"base_f0_hz": ("a number of Hz in [40, 400]",
+                                lambda v: isinstance(v, int | float) and not isinstance(v, bool)
+                                and 40 <= v <= 400)},
+    "kokoro": {"lang": ("a language code such as \"en-us\"", lambda v: isinstance(v, str))},
+}
+
+
+def _check_options(voice: VoiceSpec, path: Path, index: int) -> None:
+    known = ENGINE_OPTIONS.get(voice.engine, {})
+    for key, value in voice.options.items():
+        if key not in known:
+            names = ", ".join(sorted(known)) or "none"
+            raise RecipeError(f"{path}: voices[{index}].options.{key} is unknown for "
+                              f"{voice.engine} (known: {names})")
+        expected, valid = known[key]
+        if not valid(value):
+            raise RecipeError(f"{path}: voices[{index}].options.{key} must be {expected}, "
+                              f"got {value!r}")
+
+
 def load_recipe(path: Path) -> Recipe:
     """Read and check a recipe; raise RecipeError naming the file and the key on any problem."""
     try:
@@ -444,6 +469,7 @@ def _parse_voices(root: _Section, path: Path) -> list[VoiceSpec]:
                                    or "confusable_renditions" in base.data else None),
         )
         section.check_unknown()
+        _check_options(voice, path, index)
         if "confusable_renditions" in section.data and split != "train":
             raise RecipeError(f"{path}: voices[{index}].confusable_renditions: {voice.key} is a "
                               f"{split} voice; only training voices repeat confusable words")
