@@ -52,6 +52,11 @@ def check_voices(recipe: Recipe) -> None:
             raise RecipeError(f"{recipe.path}: voices[{index}]: {error}") from error
 
 
+def _training_seed(recipe: Recipe) -> int:
+    """Return the seed of the initial weights and training order: [train] seed or the recipe's."""
+    return recipe.seed if recipe.train.seed is None else recipe.train.seed
+
+
 def _split_summary(recipe: Recipe, data: dict[str, dataset.SplitData]) -> dict[str, Any]:
     return {
         "voices": {split: [v.key for v in recipe.voices_in(split)] for split in SPLITS},
@@ -149,7 +154,7 @@ def run(recipe: Recipe, cache_dir: Path, out_dir: Path, processes: int | None = 
         quantization=quantization,
         recipe={"path": _display_path(recipe.path), "content": recipe.content,
                 "seed": recipe.seed,
-                "train_seed": recipe.seed if recipe.train.seed is None else recipe.train.seed},
+                "train_seed": _training_seed(recipe)},
         data=_split_summary(recipe, data),
         metrics=metrics,
     )
@@ -191,7 +196,7 @@ def _train_or_reuse(recipe: Recipe, data: dict[str, dataset.SplitData],
         return keras.models.load_model(saved), fit
     started = time.monotonic()
     classes = len(recipe.labels)
-    training_seed = recipe.seed if recipe.train.seed is None else recipe.train.seed
+    training_seed = _training_seed(recipe)
     keras_model = model_module.build_model(recipe.frontend.window_rows,
                                            recipe.frontend.num_bands, classes,
                                            recipe.architecture, training_seed)

@@ -246,14 +246,15 @@ class _Section:
             raise RecipeError(f"{self.source}: unknown key(s) {names}")
 
 
-# The options each engine reads, and the check of each option's value.
+def _is_pitch_hz(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 40 <= value <= 400
+
+
+# The options each engine reads: a description of the expected value, and its check.
+_PITCH_OPTION = ("a number of Hz in [40, 400]", _is_pitch_hz)
 ENGINE_OPTIONS: dict[str, dict[str, tuple[str, Any]]] = {
-    "flite": {"base_f0_hz": ("a number of Hz in [40, 400]",
-                             lambda v: isinstance(v, int | float) and not isinstance(v, bool)
-                             and 40 <= v <= 400)},
-    "festival": {"base_f0_hz": ("a number of Hz in [40, 400]",
-                                lambda v: isinstance(v, int | float) and not isinstance(v, bool)
-                                and 40 <= v <= 400)},
+    "flite": {"base_f0_hz": _PITCH_OPTION},
+    "festival": {"base_f0_hz": _PITCH_OPTION},
     "kokoro": {"lang": ("a language code such as \"en-us\"", lambda v: isinstance(v, str))},
 }
 
