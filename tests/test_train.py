@@ -111,6 +111,19 @@ def test_train_tiny_model_end_to_end(tmp_path: Path) -> None:
                  "--out", str(third_dir)]) == 0
     assert (third_dir / "tiny.tflite").read_bytes() == model_path.read_bytes()
 
+    # The first model teaches a student of the same recipe: its sha256 keys the student's
+    # training, so the cached Keras model of the first run is not reused.
+    student_recipe = tmp_path / "student.toml"
+    student_recipe.write_text(TINY_RECIPE.read_text().replace(
+        "[train]\n", f'[train]\nteachers = ["{model_path}"]\ndistillation = 0.5\n', 1))
+    student_dir = tmp_path / "student"
+    assert main(["train", "--recipe", str(student_recipe), "--cache", str(tmp_path / "cache"),
+                 "--out", str(student_dir)]) == 0
+    student = json.loads((student_dir / "tiny.json").read_text())["metrics"]["training"]
+    assert student["reused_model"] is False
+    assert student["distillation"] == 0.5
+    assert [row["sha256"] for row in student["teachers"]] == [card.sha256]
+
 
 def test_recipe_rejects_unknown_engine(tmp_path: Path) -> None:
     recipe = tmp_path / "bad.toml"

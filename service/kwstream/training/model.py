@@ -130,8 +130,12 @@ def class_weights(labels: np.ndarray, classes: int,
 def train_model(model: Any, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
                 val_y: np.ndarray, classes: int, spec: TrainSpec, seed: int,
                 class_factors: dict[int, float] | None = None,
-                centres_mel: np.ndarray | None = None) -> dict[str, Any]:
+                centres_mel: np.ndarray | None = None,
+                soft_targets: np.ndarray | None = None) -> dict[str, Any]:
     """Train with Adam and a cosine learning-rate decay, keeping the best validation epoch.
+
+    ``soft_targets`` (n, classes), the teachers' mean posterior of each training window, is
+    mixed into that window's one-hot target with the weight ``spec.distillation``.
 
     Training is deterministic on one machine and TensorFlow version: the same model, data and
     seed give the same weights.
@@ -156,9 +160,14 @@ def train_model(model: Any, train_x: np.ndarray, train_y: np.ndarray, val_x: np.
     weights = class_weights(train_y, classes, class_factors)
     sample_weight = np.array([weights[int(y)] for y in train_y], dtype=np.float32)
 
+    targets = keras.utils.to_categorical(train_y, classes).astype(np.float32)
+    if soft_targets is not None and spec.distillation > 0.0:
+        if soft_targets.shape != targets.shape:
+            raise ValueError(f"soft targets have shape {soft_targets.shape}, the training "
+                             f"targets {targets.shape}")
+        targets = (1.0 - spec.distillation) * targets + spec.distillation * soft_targets
     train_set = (
-        tf.data.Dataset.from_tensor_slices((train_x[..., None], keras.utils.to_categorical(
-            train_y, classes), sample_weight))
+        tf.data.Dataset.from_tensor_slices((train_x[..., None], targets, sample_weight))
         .shuffle(min(len(train_x), 50000), seed=seed, reshuffle_each_iteration=True)
         .batch(spec.batch_size)
     )

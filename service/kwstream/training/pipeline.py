@@ -22,7 +22,7 @@ import numpy as np
 
 from kwstream.errors import RecipeError, SynthesisError
 from kwstream.modelcard import ModelCard, SmootherSettings, file_sha256
-from kwstream.training import corpus, dataset, evaluate, export, report, smoothing
+from kwstream.training import corpus, dataset, evaluate, export, report, smoothing, teachers
 from kwstream.training.engines import check_voice
 from kwstream.training.recipe import SPLITS, Recipe
 
@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 MAX_MODEL_BYTES = 64 * 1024
 MAX_ARENA_BYTES = 48 * 1024
 # Modules of this package whose code changes the trained weights.
-TRAINING_CODE = ("augment", "corpus", "dataset", "engines", "model", "neural", "recipe")
+TRAINING_CODE = ("augment", "corpus", "dataset", "engines", "model", "neural", "recipe",
+                 "teachers")
 
 
 @contextlib.contextmanager
@@ -78,6 +79,7 @@ def run(recipe: Recipe, cache_dir: Path, out_dir: Path, processes: int | None = 
 
     with step("check voices", timings):
         check_voices(recipe)
+        teachers.check_teachers(recipe)
         recordings = dataset.load_ambient(recipe.augment.ambient_files)
 
     with step("synthesis", timings):
@@ -184,7 +186,8 @@ def _train_or_reuse(recipe: Recipe, data: dict[str, dataset.SplitData],
     training_part = {key: value for key, value in tomllib.loads(recipe.content).items()
                      if key not in ("thresholds", "smoother", "evaluation")}
     digest = corpus.stable_seed(json.dumps(training_part, sort_keys=True),
-                                *(p.read_text() for p in sources))
+                                *(p.read_text() for p in sources),
+                                *teachers.digest_parts(recipe))
     folder = cache_dir / "models"
     folder.mkdir(parents=True, exist_ok=True)
     saved = folder / f"{recipe.id}-{digest[0]:08x}{digest[1]:08x}.keras"
@@ -205,12 +208,21 @@ def _train_or_reuse(recipe: Recipe, data: dict[str, dataset.SplitData],
     if class_factors:
         log.info("class weight factors: %s", ", ".join(
             f"{label} x{factor}" for label, factor in recipe.train.class_weight_factors.items()))
+    soft_targets = None
+    if recipe.train.teachers:
+        soft_targets = teachers.mean_posteriors(recipe, data["train"].features,
+                                                data["train"].labels)
     fit = model_module.train_model(keras_model, data["train"].features, data["train"].labels,
                                    data["validation"].features, data["validation"].labels,
                                    classes, recipe.train, training_seed, class_factors,
                                    model_module.band_centres_mel(recipe.frontend.lower_hz,
                                                                  recipe.frontend.upper_hz,
-                                                                 recipe.frontend.num_bands))
+                                                                 recipe.frontend.num_bands),
+                                   soft_targets)
+    if recipe.train.teachers:
+        fit["teachers"] = [{"path": _display_path(Path(t["path"])), "sha256": t["sha256"]}
+                           for t in teachers.check_teachers(recipe)]
+        fit["distillation"] = recipe.train.distillation
     fit["train_seconds"] = round(time.monotonic() - started, 1)
     temporary = saved.with_name(f".{saved.stem}.tmp.keras")
     keras_model.save(temporary)
@@ -264,6 +276,9 @@ def evaluate_model(recipe: Recipe, model_path: Path, keras_model: Any,
                      "reused_model": bool(fit.get("reused", False)),
                      "train_seconds": fit.get("train_seconds")},
     }
+    if "teachers" in fit:
+        metrics["training"]["teachers"] = fit["teachers"]
+        metrics["training"]["distillation"] = fit["distillation"]
 
     stream = smoothing.validation_stream(model_path, recipe.frontend, validation_words,
                                          recipe.seed, spec.stream_words)

@@ -6,6 +6,7 @@ names the recipe file and the key, so a typo stops the run before any synthesis 
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,6 +117,11 @@ class TrainSpec:
     seed: int | None = None
     """Seed of the initial weights, the batch order and the training-time augmentation;
     None: the recipe's seed. Another value draws another model from the same corpus."""
+    teachers: tuple[Path, ...] = ()
+    """Trained .tflite models (each with its card) whose mean posterior on every training
+    window is mixed into that window's target (knowledge distillation)."""
+    distillation: float = 0.0
+    """Weight of the teachers' mean posterior in each target; the one-hot label gets the rest."""
 
 
 @dataclass(frozen=True)
@@ -361,8 +367,18 @@ def parse_recipe(data: dict[str, Any], path: Path, content: str = "") -> Recipe:
         class_weight_factors=_parse_class_weight_factors(train_section, labels),
         seed=(train_section.integer("seed", 0, 0, 2**32 - 1)
               if "seed" in train_section.data else None),
+        # Relative teacher paths start at the recipe's folder, so the recipe runs from anywhere.
+        teachers=tuple(Path(os.path.normpath(path.parent / teacher))
+                       for teacher in train_section.strings("teachers", ())),
+        distillation=train_section.number("distillation", 0.0, 0.0, 1.0),
     )
     train_section.check_unknown()
+    if train.teachers and train.distillation == 0.0:
+        raise RecipeError(f"{path}: train.teachers is set but train.distillation is 0; set the "
+                          f"weight of the teachers' posteriors in (0, 1]")
+    if train.distillation > 0.0 and not train.teachers:
+        raise RecipeError(f"{path}: train.distillation is {train.distillation} but "
+                          f"train.teachers lists no model")
     if not 0.5 <= train.warp_range[0] <= train.warp_range[1] <= 2.0:
         raise RecipeError(f"{path}: train.warp_range must lie within [0.5, 2.0], "
                           f"got {list(train.warp_range)}")
