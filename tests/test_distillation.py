@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +44,9 @@ def test_teacher_paths_relative_to_recipe(tmp_path: Path) -> None:
     ('teachers = ["a.tflite"]\ndistillation = 1.5\n', r"train\.distillation must be in "
                                                        r"\[0\.0, 1\.0\], got 1\.5"),
     ("teachers = [3]\ndistillation = 0.5\n", r"train\.teachers must be a list of strings"),
+    ('teachers = "a.tflite"\ndistillation = 0.5\n', r"train\.teachers must be a list, got"),
+    ('teachers = ["a.tflite"]\ndistillation = "0.5"\n', r"train\.distillation must be a "
+                                                         r"number, got '0\.5'"),
 ])
 def test_recipe_rejects_bad_distillation(tmp_path: Path, lines: str, message: str) -> None:
     recipe = _with_train_lines(TINY_RECIPE, tmp_path / "bad.toml", lines)
@@ -70,8 +76,32 @@ def test_teacher_other_frontend_rejected(tmp_path: Path) -> None:
     recipe = load_recipe(_with_train_lines(
         BAND_MEAN_RECIPE, tmp_path / "frontend.toml",
         f'teachers = ["{SHIPPED_MODEL}"]\ndistillation = 0.5\n'))
-    with pytest.raises(RecipeError, match=r"its frontend .*'window_mean'.* differs from the "
-                                          r"recipe's .*'band_mean'"):
+    with pytest.raises(RecipeError, match=r"its frontend differs from the recipe's \[frontend\]: "
+                                          r"normalization = 'window_mean' \(recipe: 'band_mean'\)$"):
+        teachers.check_teachers(recipe)
+
+
+def test_teacher_folder_rejected(tmp_path: Path) -> None:
+    (tmp_path / "teacher").mkdir()
+    recipe = load_recipe(_with_train_lines(
+        TINY_RECIPE, tmp_path / "folder.toml", 'teachers = ["teacher"]\ndistillation = 0.5\n'))
+    with pytest.raises(RecipeError, match=r"train\.teachers\[0\] .*teacher\): is a folder"):
+        teachers.check_teachers(recipe)
+
+
+def test_teacher_that_litert_cannot_load(tmp_path: Path) -> None:
+    """A truncated model whose card matches its bytes fails the check, before synthesis."""
+    card = json.loads(SHIPPED_MODEL.with_suffix(".json").read_text())
+    broken = tmp_path / "broken.tflite"
+    broken.write_bytes(SHIPPED_MODEL.read_bytes()[:100])
+    card["sha256"] = hashlib.sha256(broken.read_bytes()).hexdigest()
+    card["size_bytes"] = 100
+    broken.with_suffix(".json").write_text(json.dumps(card))
+    recipe = load_recipe(_with_train_lines(
+        ROOT / "models" / "recipes" / "kws20.toml", tmp_path / "broken.toml",
+        'teachers = ["broken.tflite"]\ndistillation = 0.5\n'))
+    with pytest.raises(RecipeError, match=r"train\.teachers\[0\] .*broken\.tflite\): LiteRT "
+                                          r"cannot load it"):
         teachers.check_teachers(recipe)
 
 
@@ -84,6 +114,8 @@ def test_mean_posterior_of_teachers(tmp_path: Path) -> None:
     found = teachers.check_teachers(recipe)
     assert [row["sha256"] for row in found] == [load_card(SHIPPED_MODEL).sha256,
                                                 load_card(other).sha256]
+    # Card paths are relative to the recipe's folder, whatever the working directory.
+    assert found[0]["path"] == os.path.relpath(SHIPPED_MODEL, tmp_path)
     rng = np.random.default_rng(4)
     windows = feature_windows(rng.normal(0, 0.05, 32000).astype(np.float32),
                               load_card(SHIPPED_MODEL).frontend, stride_rows=7)

@@ -388,7 +388,7 @@ def test_class_weight_factors_parsed(tmp_path: Path) -> None:
     ("{ maybe = 2.0 }", "names 'maybe', which is not in model.labels"),
     ("{ yes = 0.0 }", r"must be in \[0.1, 10.0\], got yes = 0.0"),
     ('{ yes = "2" }', "must map labels to numbers, got yes = '2'"),
-    ("2.0", "must be dict, got 2.0"),
+    ("2.0", "must be a table, got 2.0"),
 ])
 def test_class_weight_factors_rejected(tmp_path: Path, table: str, message: str) -> None:
     with pytest.raises(RecipeError, match=f"train.class_weight_factors {message}"):

@@ -185,9 +185,12 @@ def _train_or_reuse(recipe: Recipe, data: dict[str, dataset.SplitData],
     sources = sorted(Path(model_module.__file__).parent / f"{name}.py" for name in TRAINING_CODE)
     training_part = {key: value for key, value in tomllib.loads(recipe.content).items()
                      if key not in ("thresholds", "smoother", "evaluation")}
+    # The teachers' sha256 values, checked against their cards, are part of the key: a changed
+    # teacher trains anew.
+    teacher_files = teachers.check_teachers(recipe)
     digest = corpus.stable_seed(json.dumps(training_part, sort_keys=True),
                                 *(p.read_text() for p in sources),
-                                *teachers.digest_parts(recipe))
+                                *(teacher["sha256"] for teacher in teacher_files))
     folder = cache_dir / "models"
     folder.mkdir(parents=True, exist_ok=True)
     saved = folder / f"{recipe.id}-{digest[0]:08x}{digest[1]:08x}.keras"
@@ -219,9 +222,8 @@ def _train_or_reuse(recipe: Recipe, data: dict[str, dataset.SplitData],
                                                                  recipe.frontend.upper_hz,
                                                                  recipe.frontend.num_bands),
                                    soft_targets)
-    if recipe.train.teachers:
-        fit["teachers"] = [{"path": _display_path(Path(t["path"])), "sha256": t["sha256"]}
-                           for t in teachers.check_teachers(recipe)]
+    if teacher_files:
+        fit["teachers"] = teacher_files
         fit["distillation"] = recipe.train.distillation
     fit["train_seconds"] = round(time.monotonic() - started, 1)
     temporary = saved.with_name(f".{saved.stem}.tmp.keras")

@@ -187,6 +187,12 @@ class Recipe:
         return [voice for voice in self.voices if voice.split == split]
 
 
+# How a recipe error names the TOML type a key needs.
+_KIND_WORDS: dict[Any, str] = {int: "an integer", (int, float): "a number", float: "a number",
+                               str: "a string", list: "a list", dict: "a table",
+                               bool: "true or false"}
+
+
 class _Section:
     """Typed access to one TOML table; every error names the file and the dotted key."""
 
@@ -207,10 +213,8 @@ class _Section:
         value = self.data.get(key, default)
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if isinstance(value, bool) and kind is not bool:
-            raise self._fail(key, f"must be {getattr(kind, '__name__', kind)}, got {value!r}")
-        if not isinstance(value, kind):
-            raise self._fail(key, f"must be {getattr(kind, '__name__', kind)}, got {value!r}")
+        if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
+            raise self._fail(key, f"must be {_KIND_WORDS.get(kind, kind)}, got {value!r}")
         return value
 
     def number(self, key: str, default: float, low: float, high: float) -> float:

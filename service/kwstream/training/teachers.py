@@ -8,6 +8,7 @@ usually right more often. A student trained towards it learns which windows are 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -15,22 +16,32 @@ from typing import Any
 import numpy as np
 
 from kwstream.errors import ModelCardError, RecipeError
-from kwstream.modelcard import file_sha256, load_card
+from kwstream.modelcard import load_card
 from kwstream.training import export
 from kwstream.training.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
 
+def display_path(recipe: Recipe, teacher: Path) -> str:
+    """Return a teacher's path relative to the recipe's folder, as recipes write it."""
+    return os.path.relpath(teacher, recipe.path.parent)
+
+
 def check_teachers(recipe: Recipe) -> list[dict[str, Any]]:
     """Check every teacher of the recipe and return its path and sha256.
 
-    A teacher must load with its card, and the card must list the recipe's labels in the
-    recipe's order and the recipe's frontend, since the teacher reads the student's windows.
+    A teacher must load with its card and run under LiteRT, and the card must list the
+    recipe's labels in the recipe's order and the recipe's frontend, since the teacher reads
+    the student's windows. Paths in the result are relative to the recipe's folder.
     """
+    from ai_edge_litert.interpreter import Interpreter
+
     found = []
     for index, teacher in enumerate(recipe.train.teachers):
         where = f"{recipe.path}: train.teachers[{index}] ({teacher})"
+        if teacher.is_dir():
+            raise RecipeError(f"{where}: is a folder; name the teacher's .tflite file")
         try:
             card = load_card(teacher)
         except ModelCardError as error:
@@ -39,9 +50,16 @@ def check_teachers(recipe: Recipe) -> list[dict[str, Any]]:
             raise RecipeError(f"{where}: its labels {list(card.labels)} differ from "
                               f"model.labels {list(recipe.labels)}")
         if card.frontend != recipe.frontend:
-            raise RecipeError(f"{where}: its frontend {card.frontend.to_dict()} differs from "
-                              f"the recipe's {recipe.frontend.to_dict()}")
-        found.append({"path": str(teacher), "sha256": file_sha256(teacher)})
+            theirs, ours = card.frontend.to_dict(), recipe.frontend.to_dict()
+            differences = ", ".join(f"{key} = {theirs[key]!r} (recipe: {ours[key]!r})"
+                                    for key in ours if theirs.get(key) != ours[key])
+            raise RecipeError(f"{where}: its frontend differs from the recipe's [frontend]: "
+                              f"{differences}")
+        try:
+            Interpreter(model_path=str(teacher)).allocate_tensors()
+        except (ValueError, RuntimeError) as error:
+            raise RecipeError(f"{where}: LiteRT cannot load it: {error}") from error
+        found.append({"path": display_path(recipe, teacher), "sha256": card.sha256})
     return found
 
 
@@ -52,7 +70,7 @@ def mean_posteriors(recipe: Recipe, windows: np.ndarray, labels: np.ndarray) -> 
     for teacher in recipe.train.teachers:
         posteriors = export.run_litert(teacher, windows)
         log.info("teacher %s: top class is the label on %.1f%% of %d training windows",
-                 teacher.name, 100.0 * np.mean(posteriors.argmax(axis=1) == labels),
+                 display_path(recipe, teacher), 100.0 * np.mean(posteriors.argmax(axis=1) == labels),
                  len(windows))
         total += posteriors
     mean = total / len(recipe.train.teachers)
@@ -62,8 +80,3 @@ def mean_posteriors(recipe: Recipe, windows: np.ndarray, labels: np.ndarray) -> 
     log.info("teachers' mean: top class is the label on %.1f%% of training windows (%.0f s)",
              100.0 * np.mean(mean.argmax(axis=1) == labels), time.monotonic() - started)
     return mean.astype(np.float32)
-
-
-def digest_parts(recipe: Recipe) -> list[str]:
-    """Return the teachers' sha256 values, so a changed teacher file trains anew."""
-    return [file_sha256(Path(teacher)) for teacher in recipe.train.teachers]
