@@ -122,6 +122,12 @@ def test_model_without_card(tmp_path):
     _assert_one_error(_run("replay", str(audio), "--model", str(model)), "model card not found")
 
 
+def test_model_path_is_a_folder(tmp_path):
+    audio = write_wav(tmp_path / "a.wav", np.zeros(16000, dtype=np.float32))
+    _assert_one_error(_run("replay", str(audio), "--model", str(tmp_path)), "model.path",
+                      "is a folder; name a file")
+
+
 @needs_model
 def test_garbage_model_with_matching_card(tmp_path):
     import hashlib

@@ -54,38 +54,24 @@ def test_recipe_rejects_bad_distillation(tmp_path: Path, lines: str, message: st
         load_recipe(recipe)
 
 
-def test_missing_teacher_is_named(tmp_path: Path) -> None:
-    recipe = load_recipe(_with_train_lines(
-        TINY_RECIPE, tmp_path / "missing.toml", 'teachers = ["gone.tflite"]\ndistillation = 0.5\n'))
-    with pytest.raises(RecipeError, match=r"missing\.toml: train\.teachers\[0\] \(.*gone\.tflite\)"
-                                          r": model file not found"):
-        teachers.check_teachers(recipe)
-
-
-def test_teacher_other_labels_rejected(tmp_path: Path) -> None:
-    recipe = load_recipe(_with_train_lines(
-        TINY_RECIPE, tmp_path / "labels.toml",
-        f'teachers = ["{SHIPPED_MODEL}"]\ndistillation = 0.5\n'))
-    with pytest.raises(RecipeError, match=r"train\.teachers\[0\] .*kws20\.tflite\): its labels "
-                                          r"\[.*'nine'\] differ from model\.labels"):
-        teachers.check_teachers(recipe)
-
-
-def test_teacher_other_frontend_rejected(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("base", "teacher", "message"), [
+    (TINY_RECIPE, "gone.tflite",
+     r"bad\.toml: train\.teachers\[0\] \(.*gone\.tflite\): model file not found"),
+    (TINY_RECIPE, "teacher",
+     r"train\.teachers\[0\] .*teacher\): .*teacher is a folder; name "),
+    (TINY_RECIPE, str(SHIPPED_MODEL),
+     r"train\.teachers\[0\] .*kws20\.tflite\): its labels \[.*'nine'\] differ from "
+     r"model\.labels"),
     # The shipped model subtracts each window's mean, and the band-mean recipe each band's.
-    recipe = load_recipe(_with_train_lines(
-        BAND_MEAN_RECIPE, tmp_path / "frontend.toml",
-        f'teachers = ["{SHIPPED_MODEL}"]\ndistillation = 0.5\n'))
-    with pytest.raises(RecipeError, match=r"its frontend differs from the recipe's \[frontend\]: "
-                                          r"normalization = 'window_mean' \(recipe: 'band_mean'\)$"):
-        teachers.check_teachers(recipe)
-
-
-def test_teacher_folder_rejected(tmp_path: Path) -> None:
+    (BAND_MEAN_RECIPE, str(SHIPPED_MODEL),
+     r"its frontend differs from the recipe's \[frontend\]: normalization = 'window_mean' "
+     r"\(recipe: 'band_mean'\)$"),
+])
+def test_bad_teacher_is_named(tmp_path: Path, base: Path, teacher: str, message: str) -> None:
     (tmp_path / "teacher").mkdir()
     recipe = load_recipe(_with_train_lines(
-        TINY_RECIPE, tmp_path / "folder.toml", 'teachers = ["teacher"]\ndistillation = 0.5\n'))
-    with pytest.raises(RecipeError, match=r"train\.teachers\[0\] .*teacher\): is a folder"):
+        base, tmp_path / "bad.toml", f'teachers = ["{teacher}"]\ndistillation = 0.5\n'))
+    with pytest.raises(RecipeError, match=message):
         teachers.check_teachers(recipe)
 
 

@@ -131,6 +131,8 @@ class ServiceConfig:
                           ("mqtt.password_file", self.mqtt.password_file),
                           ("mqtt.ca_file", self.mqtt.ca_file),
                           ("scoring.labels", self.scoring.labels)):
+            if path is not None and Path(path).is_dir():
+                raise ConfigError(f"{origin}: {key} = {path!r} is a folder; name a file")
             if path is not None and not Path(path).is_file():
                 raise ConfigError(f"{origin}: {key} = {path!r}: file not found")
         if not self.device_id or "/" in self.device_id or "+" in self.device_id or "#" in self.device_id:

@@ -146,6 +146,8 @@ def file_sha256(path: Path) -> str:
 def load_card(model_path: Path) -> ModelCard:
     """Load and check the card beside ``model_path``; raise ModelCardError naming the file."""
     card_path = card_path_for(model_path)
+    if model_path.is_dir():
+        raise ModelCardError(f"{model_path} is a folder; name the model's .tflite file")
     if not model_path.is_file():
         raise ModelCardError(f"model file not found: {model_path}")
     if not card_path.is_file():

@@ -40,8 +40,6 @@ def check_teachers(recipe: Recipe) -> list[dict[str, Any]]:
     found = []
     for index, teacher in enumerate(recipe.train.teachers):
         where = f"{recipe.path}: train.teachers[{index}] ({teacher})"
-        if teacher.is_dir():
-            raise RecipeError(f"{where}: is a folder; name the teacher's .tflite file")
         try:
             card = load_card(teacher)
         except ModelCardError as error:
