@@ -79,7 +79,7 @@ def run(recipe: Recipe, cache_dir: Path, out_dir: Path, processes: int | None = 
 
     with step("check voices", timings):
         check_voices(recipe)
-        teachers.check_teachers(recipe)
+        teacher_files = teachers.check_teachers(recipe)
         recordings = dataset.load_ambient(recipe.augment.ambient_files)
 
     with step("synthesis", timings):
@@ -109,7 +109,7 @@ def run(recipe: Recipe, cache_dir: Path, out_dir: Path, processes: int | None = 
             log.info("%s: %d windows", split, len(split_data.labels))
 
     with step("training", timings):
-        keras_model, fit = _train_or_reuse(recipe, data, cache_dir)
+        keras_model, fit = _train_or_reuse(recipe, data, cache_dir, teacher_files)
 
     model_path = out_dir / f"{recipe.id}.tflite"
     with step("int8 export", timings):
@@ -166,8 +166,8 @@ def run(recipe: Recipe, cache_dir: Path, out_dir: Path, processes: int | None = 
     return model_path
 
 
-def _train_or_reuse(recipe: Recipe, data: dict[str, dataset.SplitData],
-                    cache_dir: Path) -> tuple[Any, dict[str, Any]]:
+def _train_or_reuse(recipe: Recipe, data: dict[str, dataset.SplitData], cache_dir: Path,
+                    teacher_files: list[dict[str, Any]]) -> tuple[Any, dict[str, Any]]:
     """Train the Keras model, or load the one an earlier run of the same recipe saved.
 
     The trained model is saved before export, so a failure in a later step does not cost
@@ -185,9 +185,8 @@ def _train_or_reuse(recipe: Recipe, data: dict[str, dataset.SplitData],
     sources = sorted(Path(model_module.__file__).parent / f"{name}.py" for name in TRAINING_CODE)
     training_part = {key: value for key, value in tomllib.loads(recipe.content).items()
                      if key not in ("thresholds", "smoother", "evaluation")}
-    # The teachers' sha256 values, checked against their cards, are part of the key: a changed
-    # teacher trains anew.
-    teacher_files = teachers.check_teachers(recipe)
+    # The teachers' sha256 values, checked against their cards, are part of the key, so a
+    # changed teacher trains anew.
     digest = corpus.stable_seed(json.dumps(training_part, sort_keys=True),
                                 *(p.read_text() for p in sources),
                                 *(teacher["sha256"] for teacher in teacher_files))

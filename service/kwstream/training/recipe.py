@@ -187,7 +187,7 @@ class Recipe:
         return [voice for voice in self.voices if voice.split == split]
 
 
-# How a recipe error names the TOML type a key needs.
+# Words for the TOML type that a key needs, in recipe errors.
 _KIND_WORDS: dict[Any, str] = {int: "an integer", (int, float): "a number", float: "a number",
                                str: "a string", list: "a list", dict: "a table",
                                bool: "true or false"}

@@ -67,9 +67,9 @@ def mean_posteriors(recipe: Recipe, windows: np.ndarray, labels: np.ndarray) -> 
     total = np.zeros((len(windows), len(recipe.labels)), dtype=np.float64)
     for teacher in recipe.train.teachers:
         posteriors = export.run_litert(teacher, windows)
+        agreement = float(np.mean(posteriors.argmax(axis=1) == labels))
         log.info("teacher %s: top class is the label on %.1f%% of %d training windows",
-                 display_path(recipe, teacher), 100.0 * np.mean(posteriors.argmax(axis=1) == labels),
-                 len(windows))
+                 display_path(recipe, teacher), 100.0 * agreement, len(windows))
         total += posteriors
     mean = total / len(recipe.train.teachers)
     # Dequantized int8 outputs sum to 1 only within a few quantization steps, so the mean is
