@@ -17,16 +17,20 @@ APT_PACKAGES=(
     prometheus                                        # Prometheus server and promtool
     wamerican                                         # English word list for the _unknown_ class
 )
-# Diphone voices for training, in Debian's contrib and non-free components: mbrola's US and
-# British English voices, its German, French, Dutch, Afrikaans, Greek, Hungarian, Polish,
-# Romanian and Swedish voices that read English with an accent (all spoken through espeak-ng),
-# festival's British diphone voices and its front ends for mbrola's English voices, and SVOX
-# pico.
+# Voices and speech for training. mbrola and pico come from Debian's contrib and non-free
+# components. mbrola gives US and British English voices, and German, French, Dutch,
+# Afrikaans, Greek, Hungarian, Polish, Romanian and Swedish voices that read English with an
+# accent (all spoken through espeak-ng). festival adds British diphone voices and front ends
+# for mbrola's English voices. The Asterisk packages are recorded French, Italian and Russian
+# prompts: real speech without English keywords.
 VOICE_PACKAGES=(mbrola mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1 mbrola-de1 mbrola-de2
                 mbrola-de3 mbrola-de4 mbrola-de5 mbrola-de6 mbrola-fr1 mbrola-fr4 mbrola-nl2
                 mbrola-af1 mbrola-gr2 mbrola-hu1 mbrola-pl1 mbrola-ro1 mbrola-sw1 mbrola-sw2
                 festvox-rablpc16k festvox-don festvox-us1 festvox-us2 festvox-en1
-                libttspico-utils)
+                libttspico-utils
+                asterisk-core-sounds-fr-g722 asterisk-core-sounds-it-g722
+                asterisk-core-sounds-ru-g722 asterisk-prompt-fr-armelle
+)
 NONFREE_SOURCES=/etc/apt/sources.list.d/kwstream-contrib-non-free.sources
 # NOTE: the sources file is written for Debian and was run only on bookworm. Raspberry Pi OS
 # lists its own sources, and the Pi needs these voices only for training.

@@ -19,7 +19,7 @@ from kwstream.frontend import FrontendParams, feature_windows
 from kwstream.modelcard import SILENCE_LABEL, UNKNOWN_LABEL
 from kwstream.training import augment
 from kwstream.training.corpus import KIND_KEYWORD, KIND_SENTENCE, SpeechSet, stable_seed
-from kwstream.training.recipe import AugmentSpec, Recipe
+from kwstream.training.recipe import AugmentSpec, Recipe, RecordingSpec
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,59 @@ def load_ambient(files: tuple[str, ...]) -> list[np.ndarray]:
     return recordings
 
 
+_SOUNDFILE_SUFFIXES = (".wav", ".flac", ".ogg")
+
+
+def read_recording(name: str) -> np.ndarray:
+    """Read one recording as 16 kHz mono float32: WAV, FLAC and Ogg with soundfile, the rest
+    (G.722, GSM) with ffmpeg. A file that cannot be decoded raises RecipeError naming it."""
+    import soundfile
+    import soxr
+
+    from kwstream.training.evaluate import decode_g722
+
+    if not name.lower().endswith(_SOUNDFILE_SUFFIXES):
+        mono = decode_g722(Path(name))
+    else:
+        try:
+            audio, rate = soundfile.read(name, dtype="float32", always_2d=True)
+        except (RuntimeError, OSError, soundfile.LibsndfileError) as error:
+            raise RecipeError(f"recording {name} cannot be read: {error}") from error
+        mono = audio.mean(axis=1)
+        if rate != augment.SAMPLE_RATE and mono.size:
+            mono = soxr.resample(mono, rate, augment.SAMPLE_RATE).astype(np.float32)
+    if mono.size == 0:
+        raise RecipeError(f"recording {name} contains no audio")
+    return mono
+
+
+def recording_items(spec: RecordingSpec, label: int,
+                    processes: int | None = None) -> list[Item]:
+    """Decode one speaker's recordings into items: short ones as words, long ones as excerpts."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    # ffmpeg runs in its own process, so threads decode in parallel.
+    with ThreadPoolExecutor(processes or os.cpu_count() or 1) as pool:
+        decoded = list(pool.map(read_recording, spec.files))
+    items: list[Item] = []
+    silent = 0
+    for audio in decoded:
+        trimmed = augment.trim_silence(audio)
+        if trimmed.size == 0:
+            silent += 1
+        elif trimmed.size <= MAX_WORD_SAMPLES:
+            items.append(Item(label, KIND_CLIP, trimmed, spec.key))
+        else:
+            if trimmed.size < augment.CLIP_SAMPLES:
+                trimmed = np.pad(trimmed, (0, augment.CLIP_SAMPLES - trimmed.size))
+            for start in range(0, trimmed.size - augment.CLIP_SAMPLES + 1, SENTENCE_HOP_SAMPLES):
+                items.append(Item(label, KIND_EXCERPT,
+                                  trimmed[start:start + augment.CLIP_SAMPLES], spec.key))
+    log.info("%s: %d recordings, %d clips and excerpts%s", spec.key, len(spec.files),
+             len(items), f"; {silent} silent recording(s) left out" if silent else "")
+    return items
+
+
 def collect_items(recipe: Recipe, speech: list[SpeechSet]) -> dict[str, list[Item]]:
     """Group trimmed words, sentence excerpts and silence placeholders by split."""
     label_index = {label: i for i, label in enumerate(recipe.labels)}
@@ -125,6 +178,9 @@ def collect_items(recipe: Recipe, speech: list[SpeechSet]) -> dict[str, list[Ite
     if dropped:
         log.info("dropped %d synthesized words longer than %.2f s or empty", dropped,
                  MAX_WORD_SAMPLES / augment.SAMPLE_RATE)
+    # After the synthesized speech, so the context speech of build_split stays synthesized.
+    for spec in recipe.recordings:
+        items[spec.split].extend(recording_items(spec, label_index[UNKNOWN_LABEL]))
     if SILENCE_LABEL in label_index:
         for split, count in recipe.silence_clips.items():
             for _ in range(count):

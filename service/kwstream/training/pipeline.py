@@ -60,7 +60,10 @@ def _training_seed(recipe: Recipe) -> int:
 
 def _split_summary(recipe: Recipe, data: dict[str, dataset.SplitData]) -> dict[str, Any]:
     return {
-        "voices": {split: [v.key for v in recipe.voices_in(split)] for split in SPLITS},
+        "voices": {split: [v.key for v in recipe.voices_in(split)]
+                   + [r.key for r in recipe.recordings if r.split == split] for split in SPLITS},
+        **({"recordings": {r.key: len(r.files) for r in recipe.recordings}}
+           if recipe.recordings else {}),
         "clips_per_class": {split: data[split].counts for split in SPLITS if split in data},
         "train_copies": recipe.augment.copies,
         "augmentation": "training clips: speed, level, shift, context speech, reverberation, "
@@ -96,7 +99,8 @@ def run(recipe: Recipe, cache_dir: Path, out_dir: Path, processes: int | None = 
         data = {
             "train": dataset.build_split(
                 recipe, "train", items["train"], recordings, recipe.augment.copies, True,
-                processes, {voice.key: voice.copies for voice in recipe.voices if voice.copies}),
+                processes, {voice.key: voice.copies
+                            for voice in (*recipe.voices, *recipe.recordings) if voice.copies}),
             "validation": dataset.build_split(recipe, "validation", items["validation"],
                                               recordings, 1, False, processes),
             "test": dataset.build_split(recipe, "test", items["test"], recordings, 1, False,

@@ -6,7 +6,10 @@ names the recipe file and the key, so a typo stops the run before any synthesis 
 
 from __future__ import annotations
 
+import fnmatch
+import glob
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +54,26 @@ class VoiceSpec:
     @property
     def key(self) -> str:
         return f"{self.engine}:{self.name}"
+
+
+@dataclass(frozen=True)
+class RecordingSpec:
+    """Recorded speech of one speaker that says no keyword: ``_unknown_`` clips of a real voice.
+
+    A recording shorter than a window is placed in a window like a synthesized word; a longer
+    one is cut into 1-s excerpts of running speech.
+    """
+
+    name: str
+    split: str
+    files: tuple[str, ...]
+    """The files that the patterns match, less the excluded ones, sorted."""
+    copies: int | None = None
+    """Augmented copies of each training clip, or None for [augment] copies."""
+
+    @property
+    def key(self) -> str:
+        return f"recording:{self.name}"
 
 
 @dataclass(frozen=True)
@@ -178,6 +201,8 @@ class Recipe:
     """Letters of the alphabet whose names every voice speaks alone, as ``_unknown_`` clips."""
     confusable_renditions: int = 1
     """Number of times each training voice speaks each confusable word and letter name."""
+    recordings: tuple[RecordingSpec, ...] = ()
+    """Recorded non-keyword speech of real speakers, labelled ``_unknown_``."""
 
     @property
     def keywords(self) -> tuple[str, ...]:
@@ -403,6 +428,7 @@ def parse_recipe(data: dict[str, Any], path: Path, content: str = "") -> Recipe:
         keyword_excludes=evaluation_section.strings("keyword_excludes", ()),
     )
     evaluation_section.check_unknown()
+    recordings = _parse_recordings(root, path, labels, evaluation.allison_dir)
     root.check_unknown()
 
     for split in ("train", "validation"):
@@ -416,7 +442,7 @@ def parse_recipe(data: dict[str, Any], path: Path, content: str = "") -> Recipe:
         confusable_words=confusable, excluded_words=excluded, silence_clips=silence_clips,
         augment=augment, architecture=architecture, train=train, thresholds=thresholds,
         evaluation=evaluation, letter_names=letter_names,
-        confusable_renditions=confusable_renditions,
+        confusable_renditions=confusable_renditions, recordings=tuple(recordings),
     )
 
 
@@ -503,6 +529,73 @@ def _parse_voices(root: _Section, path: Path) -> list[VoiceSpec]:
                           "pitch_range", "options", "copies", "confusable_renditions"})
         base.check_unknown()
     return voices
+
+
+_RECORDING_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+# Asterisk's prompt folders are named language_REGION_gender_Speaker.
+_SPEAKER_FOLDER = re.compile(r"^[a-z]{2,3}_[A-Z]{2}_[fm]_(\w+)$")
+
+
+def _speaker_of(folder: Path) -> str | None:
+    match = _SPEAKER_FOLDER.match(folder.name)
+    return match.group(1) if match else None
+
+
+def _parse_recordings(root: _Section, path: Path, labels: tuple[str, ...],
+                      allison_dir: str) -> list[RecordingSpec]:
+    """Read the [[recordings]] list: recorded speech without keywords, as ``_unknown_``.
+
+    The evaluation speaker's own recordings are rejected: the folder of ``allison_dir`` and
+    every Asterisk prompt folder of the same speaker in another language.
+    """
+    root.used.add("recordings")
+    entries = root.data.get("recordings", [])
+    if not isinstance(entries, list):
+        raise RecipeError(f"{path}: recordings must be a list of tables ([[recordings]])")
+    if entries and UNKNOWN_LABEL not in labels:
+        raise RecipeError(f"{path}: [[recordings]] are {UNKNOWN_LABEL} speech, but model.labels "
+                          f"has no {UNKNOWN_LABEL}")
+    evaluation_folder = Path(allison_dir).resolve() if allison_dir else None
+    evaluation_speaker = _speaker_of(evaluation_folder) if evaluation_folder else None
+    specs: list[RecordingSpec] = []
+    for index, entry in enumerate(entries):
+        section = _Section(path, f"recordings[{index}]", entry)
+        name = section.get("name", "", str)
+        if not _RECORDING_NAME.match(name):
+            raise section._fail("name", f"must be letters, digits, '_', '.' or '-', got {name!r}")
+        if name in {spec.name for spec in specs}:
+            raise section._fail("name", f"{name!r} is listed twice")
+        split = section.get("split", "train", str)
+        if split not in SPLITS:
+            raise section._fail("split", f"must be one of {', '.join(SPLITS)}, got {split!r}")
+        patterns = section.strings("files", ())
+        if not patterns:
+            raise section._fail("files", "is empty; list the recordings' paths or patterns")
+        excluded = section.strings("exclude", ())
+        copies = section.integer("copies", 0, 0, 100) or None
+        section.check_unknown()
+        files: set[str] = set()
+        for pattern in patterns:
+            matches = [m for m in glob.glob(pattern) if Path(m).is_file()]
+            if not matches:
+                raise section._fail("files", f"pattern {pattern} matches no file")
+            files.update(os.path.normpath(m) for m in matches)
+        kept = sorted(f for f in files
+                      if not any(fnmatch.fnmatch(f, rule) for rule in excluded))
+        if not kept:
+            raise section._fail("exclude", f"leaves none of the {len(files)} matched files")
+        for name_ in kept:
+            resolved = Path(name_).resolve()
+            if evaluation_folder is not None and (
+                    resolved.is_relative_to(evaluation_folder)
+                    or (evaluation_speaker is not None and any(
+                        _speaker_of(folder) == evaluation_speaker
+                        for folder in resolved.parents))):
+                raise section._fail("files", f"includes {name_}, spoken by the speaker of the "
+                                             f"evaluation prompts in {allison_dir}; evaluation "
+                                             f"speech never trains a model")
+        specs.append(RecordingSpec(name=name, split=split, files=tuple(kept), copies=copies))
+    return specs
 
 
 def _parse_augment(section: _Section, path: Path) -> AugmentSpec:

@@ -1,0 +1,174 @@
+"""Recorded speech as _unknown_ data: the [[recordings]] recipe table and its clips."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from kwstream.errors import RecipeError
+from kwstream.training import augment
+from kwstream.training.dataset import KIND_CLIP, KIND_EXCERPT, collect_items, recording_items
+from kwstream.training.recipe import load_recipe
+
+TINY_RECIPE = Path(__file__).parent / "data" / "tiny.toml"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _speech_like(seconds: float, seed: int = 0) -> np.ndarray:
+    """Return a voiced-sounding signal: 140 Hz and 700 Hz tones, modulated at 3 Hz, in faint noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * augment.SAMPLE_RATE)) / augment.SAMPLE_RATE
+    tone = np.sin(2 * np.pi * 140 * t) + 0.5 * np.sin(2 * np.pi * 700 * t)
+    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)
+    return (0.2 * tone * envelope + rng.normal(0, 0.01, t.size)).astype(np.float32)
+
+
+def _write(path: Path, audio: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(path, audio, augment.SAMPLE_RATE)
+    return path
+
+
+def _recipe(tmp_path: Path, tables: str, allison_dir: str = "") -> Path:
+    text = TINY_RECIPE.read_text().replace('allison_dir = ""', f'allison_dir = "{allison_dir}"')
+    path = tmp_path / "recorded.toml"
+    path.write_text(text + "\n" + tables)
+    return path
+
+
+def _table(name: str, files: list[str], extra: str = "") -> str:
+    quoted = ", ".join(f'"{f}"' for f in files)
+    return f'[[recordings]]\nname = "{name}"\nfiles = [{quoted}]\n{extra}\n'
+
+
+def test_recordings_parsed_with_patterns_and_exclusions(tmp_path: Path) -> None:
+    speaker = tmp_path / "speaker"
+    for name in ("a.wav", "b.wav", "9_p.wav"):
+        _write(speaker / name, _speech_like(0.5))
+    recipe = load_recipe(_recipe(tmp_path, _table(
+        "june", [f"{speaker}/*.wav"], 'exclude = ["*/9_p.wav"]\ncopies = 3\nsplit = "validation"')
+        + _table("carlo", [str(speaker / "a.wav")])))
+    june, carlo = recipe.recordings
+    assert june.key == "recording:june"
+    assert june.files == (str(speaker / "a.wav"), str(speaker / "b.wav"))
+    assert (june.split, june.copies) == ("validation", 3)
+    assert (carlo.split, carlo.copies, carlo.files) == ("train", None, (str(speaker / "a.wav"),))
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    (_table("x", ["/nonexistent/*.wav"]), r"recordings\[0\]\.files pattern /nonexistent/\*\.wav "
+                                           r"matches no file"),
+    (_table("x", []), r"recordings\[0\]\.files is empty"),
+    (_table("x", ["{wav}"], 'exclude = ["*.wav"]'), r"recordings\[0\]\.exclude leaves none"),
+    (_table("x", ["{wav}"], 'split = "holdout"'), r"recordings\[0\]\.split must be one of"),
+    (_table("a b", ["{wav}"]), r"recordings\[0\]\.name must be letters"),
+    (_table("x", ["{wav}"]) + _table("x", ["{wav}"]), r"recordings\[1\]\.name 'x' is listed"),
+    (_table("x", ["{wav}"], "speaker = 1"), r"unknown key\(s\) recordings\[0\]\.speaker"),
+    (_table("x", ["{wav}"], "copies = -2"), r"recordings\[0\]\.copies must be in"),
+    ('recordings = "x"\n', r"recordings must be a list of tables"),
+])
+def test_bad_recordings_are_named(tmp_path: Path, table: str, message: str) -> None:
+    wav = _write(tmp_path / "word.wav", _speech_like(0.5))
+    # TOML wants the top-level key before the first table; append after the recipe's tables
+    # only what is a table.
+    text = table.replace("{wav}", str(wav))
+    if text.startswith("recordings ="):
+        path = tmp_path / "recorded.toml"
+        path.write_text(text + TINY_RECIPE.read_text())
+    else:
+        path = _recipe(tmp_path, text)
+    with pytest.raises(RecipeError, match=rf"recorded\.toml: {message}"):
+        load_recipe(path)
+
+
+def test_recordings_need_the_unknown_label(tmp_path: Path) -> None:
+    wav = _write(tmp_path / "word.wav", _speech_like(0.5))
+    path = _recipe(tmp_path, _table("x", [str(wav)]))
+    path.write_text(path.read_text().replace('"_silence_", "_unknown_", ', '"_silence_", '))
+    with pytest.raises(RecipeError, match="recordings.*_unknown_"):
+        load_recipe(path)
+
+
+def test_evaluation_speaker_is_refused(tmp_path: Path) -> None:
+    sounds = tmp_path / "sounds"
+    _write(sounds / "en_US_f_Allison" / "hello.wav", _speech_like(0.5))
+    _write(sounds / "es_MX_f_Allison" / "digits" / "hola.wav", _speech_like(0.5))
+    _write(sounds / "fr_CA_f_June" / "bonjour.wav", _speech_like(0.5))
+    (sounds / "en").symlink_to(sounds / "en_US_f_Allison")
+    allison = str(sounds / "en")
+    for folder in ("en", "en_US_f_Allison", "es_MX_f_Allison/digits"):
+        path = _recipe(tmp_path, _table("x", [f"{sounds / folder}/*.wav"]), allison)
+        with pytest.raises(RecipeError, match=r"recordings\[0\]\.files includes .*spoken by "
+                                              r"the speaker of the evaluation prompts"):
+            load_recipe(path)
+    recipe = load_recipe(_recipe(tmp_path, _table("june", [f"{sounds}/fr_CA_f_June/*.wav"]),
+                                 allison))
+    assert [r.name for r in recipe.recordings] == ["june"]
+
+
+def test_recording_items_are_words_and_excerpts(tmp_path: Path) -> None:
+    short = _write(tmp_path / "short.wav", _speech_like(0.5))
+    long = _write(tmp_path / "long.wav", _speech_like(2.2, seed=1))
+    almost = _write(tmp_path / "almost.wav", _speech_like(0.97, seed=2))
+    silent = _write(tmp_path / "silent.wav", np.zeros(8000, np.float32))
+    recipe = load_recipe(_recipe(tmp_path, _table(
+        "x", [str(short), str(long), str(almost), str(silent)], 'split = "test"')))
+    items = recording_items(recipe.recordings[0], label=1, processes=1)
+    kinds = [item.kind for item in items]
+    # Sorted files: almost (one padded excerpt), long (excerpts every 0.5 s), short (a word);
+    # the silent file gives nothing.
+    long_excerpts = (35200 - augment.CLIP_SAMPLES) // 8000 + 1
+    assert kinds == [KIND_EXCERPT] * (1 + long_excerpts) + [KIND_CLIP]
+    assert all(item.audio.size == augment.CLIP_SAMPLES for item in items[:-1])
+    assert all(item.voice == "recording:x" and item.label == 1 for item in items)
+    # The recordings join the split they name, after any synthesized speech.
+    grouped = collect_items(recipe, [])
+    assert [item.voice for item in grouped["test"]][:len(items)] == ["recording:x"] * len(items)
+    assert not any(item.voice == "recording:x" for item in grouped["train"])
+
+
+def test_corrupt_recording_is_named(tmp_path: Path) -> None:
+    corrupt = tmp_path / "prompt.wav"
+    corrupt.write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot audio")
+    recipe = load_recipe(_recipe(tmp_path, _table("x", [str(corrupt)])))
+    with pytest.raises(RecipeError, match=r"recording .*prompt\.wav cannot be read"):
+        recording_items(recipe.recordings[0], label=1, processes=1)
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
+def test_undecodable_g722_recording_is_named(tmp_path: Path) -> None:
+    broken = tmp_path / "prompt.g722"
+    broken.write_bytes(b"")
+    recipe = load_recipe(_recipe(tmp_path, _table("x", [str(broken)])))
+    with pytest.raises(RecipeError, match=r"recording .*prompt\.g722 contains no audio"):
+        recording_items(recipe.recordings[0], label=1, processes=1)
+
+
+# The Debian package of each Asterisk prompt folder that a committed recipe records from.
+RECORDING_PACKAGES = {"fr_CA_f_June": "asterisk-core-sounds-fr-g722",
+                      "it_IT_m_Carlo": "asterisk-core-sounds-it-g722",
+                      "ru_RU_f_IvrvoiceRU": "asterisk-core-sounds-ru-g722",
+                      "fr": "asterisk-prompt-fr-armelle"}
+
+
+@pytest.mark.parametrize("recipe_path", sorted((ROOT / "models" / "recipes").glob("*.toml")),
+                         ids=lambda path: path.name)
+def test_bootstrap_installs_recipe_recordings(recipe_path: Path) -> None:
+    import tomllib
+
+    script = (ROOT / "scripts" / "bootstrap.sh").read_text()
+    tables = tomllib.loads(recipe_path.read_text()).get("recordings", [])
+    folders = set()
+    for pattern in (pattern for table in tables for pattern in table["files"]):
+        match = re.match(r"/usr/share/asterisk/sounds/([^/]+)/", pattern)
+        assert match, f"{recipe_path.name}: {pattern} is not an Asterisk prompt folder"
+        folders.add(match.group(1))
+    unknown = folders - RECORDING_PACKAGES.keys()
+    assert not unknown, f"add the Debian package of {sorted(unknown)} to RECORDING_PACKAGES"
+    missing = {RECORDING_PACKAGES[folder] for folder in folders} - set(script.split())
+    assert not missing, f"bootstrap.sh lacks {sorted(missing)}"
