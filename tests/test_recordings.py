@@ -50,14 +50,17 @@ def test_recordings_parsed_with_patterns_and_exclusions(tmp_path: Path) -> None:
     speaker = tmp_path / "speaker"
     for name in ("a.wav", "b.wav", "9_p.wav"):
         _write(speaker / name, _speech_like(0.5))
+    _write(tmp_path / "other" / "a.wav", _speech_like(0.5))
     recipe = load_recipe(_recipe(tmp_path, _table(
-        "june", [f"{speaker}/*.wav"], 'exclude = ["*/9_p.wav"]\ncopies = 3\nsplit = "validation"')
-        + _table("carlo", [str(speaker / "a.wav")])))
+        "june", [f"{speaker}/*.wav"], 'exclude = ["9_p.wav"]\ncopies = 3')
+        + _table("carlo", [f"{tmp_path}/**/a.wav"], 'exclude = ["*/speaker/*"]\n'
+                 'split = "validation"')))
     june, carlo = recipe.recordings
     assert june.key == "recording:june"
     assert june.files == (str(speaker / "a.wav"), str(speaker / "b.wav"))
-    assert (june.split, june.copies) == ("validation", 3)
-    assert (carlo.split, carlo.copies, carlo.files) == ("train", None, (str(speaker / "a.wav"),))
+    assert (june.split, june.copies) == ("train", 3)
+    assert (carlo.split, carlo.copies) == ("validation", None)
+    assert carlo.files == (str(tmp_path / "other" / "a.wav"),)
 
 
 @pytest.mark.parametrize(("table", "message"), [
@@ -66,7 +69,18 @@ def test_recordings_parsed_with_patterns_and_exclusions(tmp_path: Path) -> None:
     (_table("x", []), r"recordings\[0\]\.files is empty"),
     (_table("x", ["{wav}"], 'exclude = ["*.wav"]'), r"recordings\[0\]\.exclude leaves none"),
     (_table("x", ["{wav}"], 'split = "holdout"'), r"recordings\[0\]\.split must be one of"),
-    (_table("a b", ["{wav}"]), r"recordings\[0\]\.name must be letters"),
+    (_table("a b", ["{wav}"]), r"recordings\[0\]\.name must be ASCII letters"),
+    ('[[recordings]]\nname = "june\\n"\nfiles = ["{wav}"]\n', r"recordings\[0\]\.name must be"),
+    ('[[recordings]]\nfiles = ["{wav}"]\n', r"recordings\[0\]\.name is missing"),
+    ('[[recordings]]\nname = "x"\nfile = ["{wav}"]\n', r"unknown key\(s\) recordings\[0\]\.file"),
+    (_table("x", ["{dir}"]), r"recordings\[0\]\.files pattern .* matches no file; .* is a folder"),
+    (_table("x", ["{wav}"], 'exclude = ["*.flac"]'), r"recordings\[0\]\.exclude pattern \*\.flac "
+                                                    r"matches none of the 1 files"),
+    (_table("x", ["{wav}"], 'split = "test"\ncopies = 2'), r"recordings\[0\]\.copies applies to "
+                                                           r"training clips only"),
+    (_table("x", ["{wav}"], "copies = 0"), r"recordings\[0\]\.copies must be in \[1, 100\]"),
+    (_table("x", ["{wav}"]) + _table("y", ["{dir}/*.wav"]), r"recordings\[1\]\.files includes "
+                                                         r".*word\.wav, which recording 'x'"),
     (_table("x", ["{wav}"]) + _table("x", ["{wav}"]), r"recordings\[1\]\.name 'x' is listed"),
     (_table("x", ["{wav}"], "speaker = 1"), r"unknown key\(s\) recordings\[0\]\.speaker"),
     (_table("x", ["{wav}"], "copies = -2"), r"recordings\[0\]\.copies must be in"),
@@ -76,7 +90,7 @@ def test_bad_recordings_are_named(tmp_path: Path, table: str, message: str) -> N
     wav = _write(tmp_path / "word.wav", _speech_like(0.5))
     # TOML wants the top-level key before the first table; append after the recipe's tables
     # only what is a table.
-    text = table.replace("{wav}", str(wav))
+    text = table.replace("{wav}", str(wav)).replace("{dir}", str(tmp_path))
     if text.startswith("recordings ="):
         path = tmp_path / "recorded.toml"
         path.write_text(text + TINY_RECIPE.read_text())
@@ -111,6 +125,16 @@ def test_evaluation_speaker_is_refused(tmp_path: Path) -> None:
     assert [r.name for r in recipe.recordings] == ["june"]
 
 
+@pytest.mark.skipif(not Path("/usr/share/asterisk/sounds/en/digits/1.g722").is_file(),
+                    reason="needs asterisk-core-sounds-en-g722")
+def test_default_evaluation_prompts_always_refused(tmp_path: Path) -> None:
+    # The reference stream and the comparison suite use these prompts whatever the recipe's
+    # allison_dir says, so a recipe without its own evaluation cannot train on them either.
+    path = _recipe(tmp_path, _table("x", ["/usr/share/asterisk/sounds/en/digits/1.g722"]))
+    with pytest.raises(RecipeError, match=r"includes .*1\.g722, spoken by the speaker"):
+        load_recipe(path)
+
+
 def test_recording_items_are_words_and_excerpts(tmp_path: Path) -> None:
     short = _write(tmp_path / "short.wav", _speech_like(0.5))
     long = _write(tmp_path / "long.wav", _speech_like(2.2, seed=1))
@@ -130,6 +154,28 @@ def test_recording_items_are_words_and_excerpts(tmp_path: Path) -> None:
     grouped = collect_items(recipe, [])
     assert [item.voice for item in grouped["test"]][:len(items)] == ["recording:x"] * len(items)
     assert not any(item.voice == "recording:x" for item in grouped["train"])
+
+
+def test_all_silent_recordings_are_an_error(tmp_path: Path) -> None:
+    from kwstream.training.dataset import load_recordings
+
+    for name in ("a.wav", "b.wav"):
+        _write(tmp_path / "quiet" / name, np.zeros(8000, np.float32))
+    recipe = load_recipe(_recipe(tmp_path, _table("quiet", [f"{tmp_path}/quiet/*.wav"])))
+    with pytest.raises(RecipeError, match=r"recorded\.toml: recordings\[0\] \(quiet\): all 2 "
+                                          r"recordings of 'quiet' are silent"):
+        load_recordings(recipe, processes=1)
+
+
+def test_model_cache_key_covers_recorded_files(tmp_path: Path) -> None:
+    from kwstream.training.pipeline import _recording_digests
+
+    wav = _write(tmp_path / "word.wav", _speech_like(0.5))
+    recipe = load_recipe(_recipe(tmp_path, _table("x", [str(wav)])))
+    before = _recording_digests(recipe)
+    _write(wav, _speech_like(0.5, seed=9))
+    assert _recording_digests(recipe) != before
+    assert len(before) == 1
 
 
 def test_corrupt_recording_is_named(tmp_path: Path) -> None:
@@ -172,3 +218,30 @@ def test_bootstrap_installs_recipe_recordings(recipe_path: Path) -> None:
     assert not unknown, f"add the Debian package of {sorted(unknown)} to RECORDING_PACKAGES"
     missing = {RECORDING_PACKAGES[folder] for folder in folders} - set(script.split())
     assert not missing, f"bootstrap.sh lacks {sorted(missing)}"
+
+
+def test_relative_patterns_start_at_recipe_folder(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    _write(tmp_path / "speech" / "a.wav", _speech_like(0.5))
+    path = _recipe(tmp_path, _table("x", ["speech/*.wav"]))
+    monkeypatch.chdir("/")
+    recipe = load_recipe(path)
+    assert recipe.recordings[0].files == (str(tmp_path / "speech" / "a.wav"),)
+
+
+def test_model_card_page_names_recorded_speech(tmp_path: Path) -> None:
+    import dataclasses
+
+    from kwstream.modelcard import load_card
+    from kwstream.training.report import write_markdown
+
+    shipped = load_card(ROOT / "models" / "kws20.tflite")
+    write_markdown(shipped, tmp_path / "synthetic.md")
+    assert "no recording of a person is used" in (tmp_path / "synthetic.md").read_text()
+    data = {**shipped.data, "recordings": {"recording:june": 452}}
+    write_markdown(dataclasses.replace(shipped, data=data), tmp_path / "recorded.md")
+    page = (tmp_path / "recorded.md").read_text()
+    assert "no recording of a person" not in page
+    assert "recorded speech of real speakers" in page
+    assert "recording:june, 452 files" in page
+    assert "Keywords trained on synthetic voices only" in page

@@ -134,13 +134,37 @@ def recording_items(spec: RecordingSpec, label: int,
             for start in range(0, trimmed.size - augment.CLIP_SAMPLES + 1, SENTENCE_HOP_SAMPLES):
                 items.append(Item(label, KIND_EXCERPT,
                                   trimmed[start:start + augment.CLIP_SAMPLES], spec.key))
+    if not items:
+        raise RecipeError(f"all {len(spec.files)} recordings of {spec.name!r} are silent")
     log.info("%s: %d recordings, %d clips and excerpts%s", spec.key, len(spec.files),
              len(items), f"; {silent} silent recording(s) left out" if silent else "")
     return items
 
 
-def collect_items(recipe: Recipe, speech: list[SpeechSet]) -> dict[str, list[Item]]:
-    """Group trimmed words, sentence excerpts and silence placeholders by split."""
+def load_recordings(recipe: Recipe, processes: int | None = None) -> list[Item]:
+    """Decode every [[recordings]] table of the recipe into ``_unknown_`` items.
+
+    Errors name the recipe, the table and the file, so a bad recording stops the run before
+    synthesis.
+    """
+    label = recipe.labels.index(UNKNOWN_LABEL) if recipe.recordings else -1
+    items: list[Item] = []
+    for index, spec in enumerate(recipe.recordings):
+        try:
+            items += recording_items(spec, label, processes)
+        except RecipeError as error:
+            raise RecipeError(f"{recipe.path}: recordings[{index}] ({spec.name}): "
+                              f"{error}") from error
+    return items
+
+
+def collect_items(recipe: Recipe, speech: list[SpeechSet],
+                  recorded: list[Item] | None = None) -> dict[str, list[Item]]:
+    """Group trimmed words, sentence excerpts, recordings and silence placeholders by split.
+
+    ``recorded`` is the output of :func:`load_recordings`; when None, the recordings are
+    decoded here.
+    """
     label_index = {label: i for i, label in enumerate(recipe.labels)}
     items: dict[str, list[Item]] = {"train": [], "validation": [], "test": []}
     dropped = 0
@@ -179,8 +203,9 @@ def collect_items(recipe: Recipe, speech: list[SpeechSet]) -> dict[str, list[Ite
         log.info("dropped %d synthesized words longer than %.2f s or empty", dropped,
                  MAX_WORD_SAMPLES / augment.SAMPLE_RATE)
     # After the synthesized speech, so the context speech of build_split stays synthesized.
-    for spec in recipe.recordings:
-        items[spec.split].extend(recording_items(spec, label_index[UNKNOWN_LABEL]))
+    splits = {spec.key: spec.split for spec in recipe.recordings}
+    for item in load_recordings(recipe) if recorded is None else recorded:
+        items[splits[item.voice]].append(item)
     if SILENCE_LABEL in label_index:
         for split, count in recipe.silence_clips.items():
             for _ in range(count):

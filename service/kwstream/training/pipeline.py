@@ -83,7 +83,8 @@ def run(recipe: Recipe, cache_dir: Path, out_dir: Path, processes: int | None = 
     with step("check voices", timings):
         check_voices(recipe)
         teacher_files = teachers.check_teachers(recipe)
-        recordings = dataset.load_ambient(recipe.augment.ambient_files)
+        ambient = dataset.load_ambient(recipe.augment.ambient_files)
+        recorded = dataset.load_recordings(recipe, processes)
 
     with step("synthesis", timings):
         jobs = corpus.plan_jobs(recipe)
@@ -95,19 +96,19 @@ def run(recipe: Recipe, cache_dir: Path, out_dir: Path, processes: int | None = 
             raise SynthesisError(f"{recipe.path}: synthesis failed: {error}") from error
 
     with step("features", timings):
-        items = dataset.collect_items(recipe, speech)
+        items = dataset.collect_items(recipe, speech, recorded)
         data = {
             "train": dataset.build_split(
-                recipe, "train", items["train"], recordings, recipe.augment.copies, True,
+                recipe, "train", items["train"], ambient, recipe.augment.copies, True,
                 processes, {voice.key: voice.copies
                             for voice in (*recipe.voices, *recipe.recordings) if voice.copies}),
             "validation": dataset.build_split(recipe, "validation", items["validation"],
-                                              recordings, 1, False, processes),
-            "test": dataset.build_split(recipe, "test", items["test"], recordings, 1, False,
+                                              ambient, 1, False, processes),
+            "test": dataset.build_split(recipe, "test", items["test"], ambient, 1, False,
                                         processes),
         }
         validation_words = stream_pieces(items["validation"])
-        del speech, items
+        del speech, items, recorded
         dataset.ensure_labels_present(recipe, data)
         for split, split_data in data.items():
             log.info("%s: %d windows", split, len(split_data.labels))
@@ -170,6 +171,12 @@ def run(recipe: Recipe, cache_dir: Path, out_dir: Path, processes: int | None = 
     return model_path
 
 
+def _recording_digests(recipe: Recipe) -> list[str]:
+    """Return one line per recorded file: its recording, split, path and sha256."""
+    return [f"{spec.name} {spec.split} {name} {file_sha256(Path(name))}"
+            for spec in recipe.recordings for name in spec.files]
+
+
 def _train_or_reuse(recipe: Recipe, data: dict[str, dataset.SplitData], cache_dir: Path,
                     teacher_files: list[dict[str, Any]]) -> tuple[Any, dict[str, Any]]:
     """Train the Keras model, or load the one an earlier run of the same recipe saved.
@@ -190,10 +197,11 @@ def _train_or_reuse(recipe: Recipe, data: dict[str, dataset.SplitData], cache_di
     training_part = {key: value for key, value in tomllib.loads(recipe.content).items()
                      if key not in ("thresholds", "smoother", "evaluation")}
     # The teachers' sha256 values, checked against their cards, are part of the key, so a
-    # changed teacher trains anew.
+    # changed teacher trains anew, and so are the recorded files with their contents.
     digest = corpus.stable_seed(json.dumps(training_part, sort_keys=True),
                                 *(p.read_text() for p in sources),
-                                *(teacher["sha256"] for teacher in teacher_files))
+                                *(teacher["sha256"] for teacher in teacher_files),
+                                *_recording_digests(recipe))
     folder = cache_dir / "models"
     folder.mkdir(parents=True, exist_ok=True)
     saved = folder / f"{recipe.id}-{digest[0]:08x}{digest[1]:08x}.keras"

@@ -58,7 +58,7 @@ class VoiceSpec:
 
 @dataclass(frozen=True)
 class RecordingSpec:
-    """Recorded speech of one speaker that says no keyword: ``_unknown_`` clips of a real voice.
+    """Recorded speech of one speaker without any keyword: ``_unknown_`` clips of a real voice.
 
     A recording shorter than a window is placed in a window like a synthesized word; a longer
     one is cut into 1-s excerpts of running speech.
@@ -531,22 +531,33 @@ def _parse_voices(root: _Section, path: Path) -> list[VoiceSpec]:
     return voices
 
 
-_RECORDING_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_RECORDING_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 # Asterisk's prompt folders are named language_REGION_gender_Speaker.
-_SPEAKER_FOLDER = re.compile(r"^[a-z]{2,3}_[A-Z]{2}_[fm]_(\w+)$")
+_SPEAKER_FOLDER = re.compile(r"[a-z]{2,3}_[A-Z]{2}_[fm]_(\w+)")
+# The real-speech evaluation data: the bundled reference stream and the comparison suite read
+# Allison's prompts from here, whatever a recipe's [evaluation] sets.
+_EVALUATION_DIR = EvaluationSpec.allison_dir
 
 
 def _speaker_of(folder: Path) -> str | None:
-    match = _SPEAKER_FOLDER.match(folder.name)
+    match = _SPEAKER_FOLDER.fullmatch(folder.name)
     return match.group(1) if match else None
+
+
+def _evaluation_speech(allison_dir: str) -> tuple[list[Path], set[str]]:
+    """Return the evaluation speaker's folders and speaker names (Asterisk folder suffixes)."""
+    folders = [Path(name).resolve() for name in {allison_dir, _EVALUATION_DIR} if name]
+    speakers = {speaker for folder in folders if (speaker := _speaker_of(folder))}
+    return folders, speakers
 
 
 def _parse_recordings(root: _Section, path: Path, labels: tuple[str, ...],
                       allison_dir: str) -> list[RecordingSpec]:
     """Read the [[recordings]] list: recorded speech without keywords, as ``_unknown_``.
 
-    The evaluation speaker's own recordings are rejected: the folder of ``allison_dir`` and
-    every Asterisk prompt folder of the same speaker in another language.
+    The evaluation speaker's own recordings are rejected: the folders of ``allison_dir`` and of
+    the default evaluation prompts, and every Asterisk prompt folder of the same speaker in
+    another language. A file may belong to one recording only, so no speaker crosses splits.
     """
     root.used.add("recordings")
     entries = root.data.get("recordings", [])
@@ -555,47 +566,67 @@ def _parse_recordings(root: _Section, path: Path, labels: tuple[str, ...],
     if entries and UNKNOWN_LABEL not in labels:
         raise RecipeError(f"{path}: [[recordings]] are {UNKNOWN_LABEL} speech, but model.labels "
                           f"has no {UNKNOWN_LABEL}")
-    evaluation_folder = Path(allison_dir).resolve() if allison_dir else None
-    evaluation_speaker = _speaker_of(evaluation_folder) if evaluation_folder else None
+    evaluation_folders, evaluation_speakers = _evaluation_speech(allison_dir)
     specs: list[RecordingSpec] = []
+    owner: dict[str, str] = {}
     for index, entry in enumerate(entries):
         section = _Section(path, f"recordings[{index}]", entry)
         name = section.get("name", "", str)
-        if not _RECORDING_NAME.match(name):
-            raise section._fail("name", f"must be letters, digits, '_', '.' or '-', got {name!r}")
+        split = section.get("split", "train", str)
+        patterns = section.strings("files", ())
+        excluded = section.strings("exclude", ())
+        copies = section.integer("copies", 1, 1, 100) if "copies" in section.data else None
+        section.check_unknown()
+        if not name:
+            raise section._fail("name", "is missing")
+        if not _RECORDING_NAME.fullmatch(name):
+            raise section._fail("name", f"must be ASCII letters, digits, '_', '.' or '-', "
+                                        f"got {name!r}")
         if name in {spec.name for spec in specs}:
             raise section._fail("name", f"{name!r} is listed twice")
-        split = section.get("split", "train", str)
         if split not in SPLITS:
             raise section._fail("split", f"must be one of {', '.join(SPLITS)}, got {split!r}")
-        patterns = section.strings("files", ())
+        if copies is not None and split != "train":
+            raise section._fail("copies", f"applies to training clips only; {name!r} is a "
+                                          f"{split} recording")
         if not patterns:
             raise section._fail("files", "is empty; list the recordings' paths or patterns")
-        excluded = section.strings("exclude", ())
-        copies = section.integer("copies", 0, 0, 100) or None
-        section.check_unknown()
         files: set[str] = set()
         for pattern in patterns:
-            matches = [m for m in glob.glob(pattern) if Path(m).is_file()]
+            # Relative patterns start at the recipe's folder, so the recipe runs from anywhere.
+            full = os.path.join(path.parent, pattern)
+            matches = [m for m in glob.glob(full, recursive=True) if Path(m).is_file()]
             if not matches:
-                raise section._fail("files", f"pattern {pattern} matches no file")
+                hint = (f"; {full} is a folder, name its files ({pattern}/*.wav)"
+                        if Path(full).is_dir() else "")
+                raise section._fail("files", f"pattern {pattern} matches no file{hint}")
             files.update(os.path.normpath(m) for m in matches)
-        kept = sorted(f for f in files
-                      if not any(fnmatch.fnmatch(f, rule) for rule in excluded))
-        if not kept:
+        for rule in excluded:
+            if not any(_excludes(rule, f) for f in files):
+                raise section._fail("exclude", f"pattern {rule} matches none of the "
+                                               f"{len(files)} files")
+        selected = sorted(f for f in files if not any(_excludes(rule, f) for rule in excluded))
+        if not selected:
             raise section._fail("exclude", f"leaves none of the {len(files)} matched files")
-        for name_ in kept:
-            resolved = Path(name_).resolve()
-            if evaluation_folder is not None and (
-                    resolved.is_relative_to(evaluation_folder)
-                    or (evaluation_speaker is not None and any(
-                        _speaker_of(folder) == evaluation_speaker
-                        for folder in resolved.parents))):
-                raise section._fail("files", f"includes {name_}, spoken by the speaker of the "
-                                             f"evaluation prompts in {allison_dir}; evaluation "
-                                             f"speech never trains a model")
-        specs.append(RecordingSpec(name=name, split=split, files=tuple(kept), copies=copies))
+        for file in selected:
+            resolved = Path(file).resolve()
+            if (any(resolved.is_relative_to(folder) for folder in evaluation_folders)
+                    or any(_speaker_of(folder) in evaluation_speakers
+                           for folder in resolved.parents)):
+                raise section._fail("files", f"includes {file}, spoken by the speaker of the "
+                                             f"evaluation prompts ({_EVALUATION_DIR}); "
+                                             f"evaluation speech never trains a model")
+            if str(resolved) in owner:
+                raise section._fail("files", f"includes {file}, which recording "
+                                             f"{owner[str(resolved)]!r} already lists")
+            owner[str(resolved)] = name
+        specs.append(RecordingSpec(name=name, split=split, files=tuple(selected), copies=copies))
     return specs
+
+
+def _excludes(rule: str, file: str) -> bool:
+    """Return whether an exclude pattern matches a file's whole path or its name."""
+    return fnmatch.fnmatch(file, rule) or fnmatch.fnmatch(os.path.basename(file), rule)
 
 
 def _parse_augment(section: _Section, path: Path) -> AugmentSpec:

@@ -33,12 +33,19 @@ def _summary(card: ModelCard) -> list[str]:
 
 def _training_data(card: ModelCard) -> list[str]:
     voices = card.data.get("voices", {})
+    recorded = card.data.get("recordings", {})
+    source = (
+        "Keywords are synthesized offline. Besides synthesized speech, `_unknown_` has recorded "
+        "speech of real speakers without keywords (the `recording:` voices: "
+        + ", ".join(f"{name}, {count} files" for name, count in recorded.items()) + ")."
+        if recorded else
+        "All training speech is synthesized offline; no recording of a person is used for "
+        "training.")
     lines = [
         "",
         "## Training data",
         "",
-        "All training speech is synthesized offline; no recording of a person is used for "
-        "training. Voices are split by speaker (a voice with all its variants, speeds and "
+        f"{source} Voices are split by speaker (a voice with all its variants, speeds and "
         "pitches stays in one split):",
         "",
     ]
@@ -160,11 +167,13 @@ def _limits(card: ModelCard) -> list[str]:
     allison = card.metrics.get("allison", {})
     silence_clips = allison.get("digits_silence_padded", {}).get("clips", 0)
     context_clips = allison.get("digits_context_padded", {}).get("clips", 0)
+    trained_on = ("Keywords trained on synthetic voices only" if card.data.get("recordings")
+                  else "Trained on synthetic voices only")
     return [
         "",
         "## Limits",
         "",
-        "- Trained on synthetic voices only. The only real-speech check is one female US "
+        f"- {trained_on}. The only real-speech check is one female US "
         "speaker (Allison, asterisk-core-sounds-en), and among the keywords only her digits.",
         f"- The Allison digit sets are small ({silence_clips} silence-padded clips, "
         f"{context_clips} context-padded), so one clip moves their accuracy by several points.",
