@@ -59,27 +59,12 @@ class SplitData:
 def load_ambient(files: tuple[str, ...]) -> list[np.ndarray]:
     """Read ambient noise recordings as 16 kHz mono float32, at most AMBIENT_MAX_SECONDS each.
 
-    libsndfile formats are read with soundfile, G.722 with ffmpeg. A file that cannot be
-    decoded, is shorter than 0.1 s or is silent raises RecipeError naming it.
+    Files are decoded by :func:`read_audio`. A file that cannot be decoded, is shorter than
+    0.1 s or is silent raises RecipeError naming it.
     """
-    import soundfile
-    import soxr
-
-    from kwstream.training.evaluate import decode_g722
-
     recordings = []
     for name in files:
-        if name.endswith(".g722"):
-            mono = decode_g722(Path(name))
-        else:
-            try:
-                audio, rate = soundfile.read(name, dtype="float32", always_2d=True)
-            except (RuntimeError, OSError, soundfile.LibsndfileError) as error:
-                raise RecipeError(f"noise file {name} cannot be read: {error}") from error
-            mono = audio.mean(axis=1)
-            if rate != augment.SAMPLE_RATE:
-                mono = soxr.resample(mono, rate, augment.SAMPLE_RATE).astype(np.float32)
-        mono = mono[: AMBIENT_MAX_SECONDS * augment.SAMPLE_RATE]
+        mono = read_audio(name, "noise file")[: AMBIENT_MAX_SECONDS * augment.SAMPLE_RATE]
         if mono.size < augment.SAMPLE_RATE // 10 or augment.rms(mono) <= 0:
             raise RecipeError(f"noise file {name} is shorter than 0.1 s or silent")
         recordings.append(mono)
@@ -89,9 +74,10 @@ def load_ambient(files: tuple[str, ...]) -> list[np.ndarray]:
 _SOUNDFILE_SUFFIXES = (".wav", ".flac", ".ogg")
 
 
-def read_recording(name: str) -> np.ndarray:
-    """Read one recording as 16 kHz mono float32: WAV, FLAC and Ogg with soundfile, the rest
-    (G.722, GSM) with ffmpeg. A file that cannot be decoded raises RecipeError naming it."""
+def read_audio(name: str, kind: str = "recording") -> np.ndarray:
+    """Read an audio file as 16 kHz mono float32: WAV, FLAC and Ogg with soundfile, the rest
+    (G.722, GSM) with ffmpeg. A file that cannot be decoded or contains no samples raises
+    RecipeError naming it as ``kind``."""
     import soundfile
     import soxr
 
@@ -103,12 +89,12 @@ def read_recording(name: str) -> np.ndarray:
         try:
             audio, rate = soundfile.read(name, dtype="float32", always_2d=True)
         except (RuntimeError, OSError, soundfile.LibsndfileError) as error:
-            raise RecipeError(f"recording {name} cannot be read: {error}") from error
+            raise RecipeError(f"{kind} {name} cannot be read: {error}") from error
         mono = audio.mean(axis=1)
         if rate != augment.SAMPLE_RATE and mono.size:
             mono = soxr.resample(mono, rate, augment.SAMPLE_RATE).astype(np.float32)
     if mono.size == 0:
-        raise RecipeError(f"recording {name} contains no audio")
+        raise RecipeError(f"{kind} {name} contains no audio")
     return mono
 
 
@@ -119,7 +105,7 @@ def recording_items(spec: RecordingSpec, label: int,
 
     # ffmpeg runs in its own process, so threads decode in parallel.
     with ThreadPoolExecutor(processes or os.cpu_count() or 1) as pool:
-        decoded = list(pool.map(read_recording, spec.files))
+        decoded = list(pool.map(read_audio, spec.files))
     items: list[Item] = []
     silent = 0
     for audio in decoded:
