@@ -35,6 +35,8 @@ AMBIENT_MAX_SECONDS = 120
 """Only the first two minutes of an ambient recording are kept, to bound memory."""
 MAX_WORD_SAMPLES = 15200
 """Words longer than 0.95 s after trimming are dropped: they would not fit a window."""
+SILENT_PEAK_DBFS = -50.0
+"""A recording whose peak stays below this level is silence, not speech."""
 
 
 @dataclass
@@ -76,8 +78,8 @@ _SOUNDFILE_SUFFIXES = (".wav", ".flac", ".ogg")
 
 def read_audio(name: str, kind: str = "recording") -> np.ndarray:
     """Read an audio file as 16 kHz mono float32: WAV, FLAC and Ogg with soundfile, the rest
-    (G.722, GSM) with ffmpeg. A file that cannot be decoded or contains no samples raises
-    RecipeError naming it as ``kind``."""
+    (G.722, GSM) with ffmpeg. A file that cannot be decoded raises RecipeError naming it as
+    ``kind``; a file without samples gives an empty array."""
     import soundfile
     import soxr
 
@@ -93,8 +95,6 @@ def read_audio(name: str, kind: str = "recording") -> np.ndarray:
         mono = audio.mean(axis=1)
         if rate != augment.SAMPLE_RATE and mono.size:
             mono = soxr.resample(mono, rate, augment.SAMPLE_RATE).astype(np.float32)
-    if mono.size == 0:
-        raise RecipeError(f"{kind} {name} contains no audio")
     return mono
 
 
@@ -107,11 +107,11 @@ def recording_items(spec: RecordingSpec, label: int,
     with ThreadPoolExecutor(processes or os.cpu_count() or 1) as pool:
         decoded = list(pool.map(read_audio, spec.files))
     items: list[Item] = []
-    silent = 0
-    for audio in decoded:
+    silent: list[str] = []
+    for name, audio in zip(spec.files, decoded, strict=True):
         trimmed = augment.trim_silence(audio)
-        if trimmed.size == 0:
-            silent += 1
+        if trimmed.size == 0 or np.abs(trimmed).max() < 10 ** (SILENT_PEAK_DBFS / 20):
+            silent.append(name)
         elif trimmed.size <= MAX_WORD_SAMPLES:
             items.append(Item(label, KIND_CLIP, trimmed, spec.key))
         else:
@@ -121,9 +121,12 @@ def recording_items(spec: RecordingSpec, label: int,
                 items.append(Item(label, KIND_EXCERPT,
                                   trimmed[start:start + augment.CLIP_SAMPLES], spec.key))
     if not items:
-        raise RecipeError(f"all {len(spec.files)} recordings of {spec.name!r} are silent")
-    log.info("%s: %d recordings, %d clips and excerpts%s", spec.key, len(spec.files),
-             len(items), f"; {silent} silent recording(s) left out" if silent else "")
+        raise RecipeError(f"all {len(spec.files)} recordings of {spec.name!r} are empty or "
+                          f"silent (peak below {SILENT_PEAK_DBFS:g} dBFS)")
+    if silent:
+        log.warning("%s: %d empty or silent recording(s) left out: %s%s", spec.key, len(silent),
+                    ", ".join(silent[:3]), ", ..." if len(silent) > 3 else "")
+    log.info("%s: %d recordings, %d clips and excerpts", spec.key, len(spec.files), len(items))
     return items
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import glob
+import logging
 import os
 import re
 import tomllib
@@ -18,6 +19,8 @@ from typing import Any
 from kwstream.errors import RecipeError
 from kwstream.frontend import FrontendParams
 from kwstream.modelcard import NON_KEYWORD_LABELS, SILENCE_LABEL, UNKNOWN_LABEL, SmootherSettings
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
 ENGINES = ("espeak-ng", "flite", "festival", "pico", "piper", "kokoro")
@@ -544,11 +547,28 @@ def _speaker_of(folder: Path) -> str | None:
     return match.group(1) if match else None
 
 
-def _evaluation_speech(allison_dir: str) -> tuple[list[Path], set[str]]:
-    """Return the evaluation speaker's folders and speaker names (Asterisk folder suffixes)."""
-    folders = [Path(name).resolve() for name in {allison_dir, _EVALUATION_DIR} if name]
-    speakers = {speaker for folder in folders if (speaker := _speaker_of(folder))}
-    return folders, speakers
+def _evaluation_speech(allison_dir: str) -> dict[Path, str]:
+    """Map each evaluation folder (resolved) and the speaker's Asterisk folder suffix to the
+    folder name that a recipe or the default gives."""
+    named: dict[Path, str] = {}
+    for name in dict.fromkeys([allison_dir, _EVALUATION_DIR]):
+        if name:
+            named.setdefault(Path(name).resolve(), name)
+    return named
+
+
+def _evaluation_source(file: Path, named: dict[Path, str]) -> str | None:
+    """Return the evaluation folder that ``file`` lies in or shares its speaker with."""
+    speakers = {_speaker_of(folder): name for folder, name in named.items()}
+    speakers.pop(None, None)
+    for folder, name in named.items():
+        if file.is_relative_to(folder):
+            return name
+    for folder in file.parents:
+        speaker = _speaker_of(folder)
+        if speaker in speakers:
+            return f"{speakers[speaker]}, same speaker as {folder}"
+    return None
 
 
 def _parse_recordings(root: _Section, path: Path, labels: tuple[str, ...],
@@ -566,7 +586,7 @@ def _parse_recordings(root: _Section, path: Path, labels: tuple[str, ...],
     if entries and UNKNOWN_LABEL not in labels:
         raise RecipeError(f"{path}: [[recordings]] are {UNKNOWN_LABEL} speech, but model.labels "
                           f"has no {UNKNOWN_LABEL}")
-    evaluation_folders, evaluation_speakers = _evaluation_speech(allison_dir)
+    evaluation = _evaluation_speech(allison_dir)
     specs: list[RecordingSpec] = []
     owner: dict[str, str] = {}
     for index, entry in enumerate(entries):
@@ -596,26 +616,32 @@ def _parse_recordings(root: _Section, path: Path, labels: tuple[str, ...],
             # Relative patterns start at the recipe's folder, so the recipe runs from anywhere.
             full = os.path.join(path.parent, pattern)
             matches = [m for m in glob.glob(full, recursive=True) if Path(m).is_file()]
+            if not matches and Path(full).is_file():
+                # A file name with glob characters, such as "take[1].wav".
+                matches = [full]
             if not matches:
-                hint = (f"; {full} is a folder, name its files ({pattern}/*.wav)"
+                folder = pattern.rstrip("/")
+                hint = (f"; {full} is a folder, name its files ({folder}/*.wav)"
                         if Path(full).is_dir() else "")
                 raise section._fail("files", f"pattern {pattern} matches no file{hint}")
             files.update(os.path.normpath(m) for m in matches)
         for rule in excluded:
-            if not any(_excludes(rule, f) for f in files):
-                raise section._fail("exclude", f"pattern {rule} matches none of the "
-                                               f"{len(files)} files")
-        selected = sorted(f for f in files if not any(_excludes(rule, f) for rule in excluded))
+            # A warning, not an error: one exclude list often serves several speakers, and
+            # not every speaker has every file.
+            if not any(_excludes(rule, f, path.parent) for f in files):
+                log.warning("%s: recordings[%d].exclude pattern %s matches none of the %d "
+                            "files", path, index, rule, len(files))
+        selected = sorted(f for f in files
+                          if not any(_excludes(rule, f, path.parent) for rule in excluded))
         if not selected:
             raise section._fail("exclude", f"leaves none of the {len(files)} matched files")
         for file in selected:
             resolved = Path(file).resolve()
-            if (any(resolved.is_relative_to(folder) for folder in evaluation_folders)
-                    or any(_speaker_of(folder) in evaluation_speakers
-                           for folder in resolved.parents)):
+            source = _evaluation_source(resolved, evaluation)
+            if source is not None:
                 raise section._fail("files", f"includes {file}, spoken by the speaker of the "
-                                             f"evaluation prompts ({_EVALUATION_DIR}); "
-                                             f"evaluation speech never trains a model")
+                                             f"evaluation prompts ({source}); evaluation "
+                                             f"speech never trains a model")
             if str(resolved) in owner:
                 raise section._fail("files", f"includes {file}, which recording "
                                              f"{owner[str(resolved)]!r} already lists")
@@ -624,9 +650,11 @@ def _parse_recordings(root: _Section, path: Path, labels: tuple[str, ...],
     return specs
 
 
-def _excludes(rule: str, file: str) -> bool:
-    """Return whether an exclude pattern matches a file's whole path or its name."""
-    return fnmatch.fnmatch(file, rule) or fnmatch.fnmatch(os.path.basename(file), rule)
+def _excludes(rule: str, file: str, base: Path) -> bool:
+    """Return whether an exclude pattern matches a file's whole path, its path from the
+    recipe's folder ``base``, or its name."""
+    return (fnmatch.fnmatch(file, rule) or fnmatch.fnmatch(os.path.basename(file), rule)
+            or fnmatch.fnmatch(file, os.path.normpath(os.path.join(base, rule))))
 
 
 def _parse_augment(section: _Section, path: Path) -> AugmentSpec:

@@ -169,14 +169,22 @@ def _limits(card: ModelCard) -> list[str]:
     context_clips = allison.get("digits_context_padded", {}).get("clips", 0)
     trained_on = ("Keywords trained on synthetic voices only" if card.data.get("recordings")
                   else "Trained on synthetic voices only")
+    if allison:
+        real_speech = [
+            f"- {trained_on}. The only real-speech check is one female US speaker (Allison, "
+            "asterisk-core-sounds-en), and among the keywords only her digits.",
+            f"- The Allison digit sets are small ({silence_clips} silence-padded clips, "
+            f"{context_clips} context-padded), so one clip moves their accuracy by several "
+            "points.",
+        ]
+    else:
+        real_speech = [f"- {trained_on}, and not checked on real speech: the recipe's "
+                       "`[evaluation] allison_dir` is empty."]
     return [
         "",
         "## Limits",
         "",
-        f"- {trained_on}. The only real-speech check is one female US "
-        "speaker (Allison, asterisk-core-sounds-en), and among the keywords only her digits.",
-        f"- The Allison digit sets are small ({silence_clips} silence-padded clips, "
-        f"{context_clips} context-padded), so one clip moves their accuracy by several points.",
+        *real_speech,
         "- Clip accuracy is not streaming accuracy: replay labeled streams with "
         "`kwstream replay` to measure precision and recall with the smoother.",
         "",
