@@ -131,7 +131,7 @@ def test_evaluation_speaker_is_refused(tmp_path: Path) -> None:
                     reason="needs asterisk-core-sounds-en-g722")
 def test_default_evaluation_prompts_always_refused(tmp_path: Path) -> None:
     # The reference stream and the comparison suite use these prompts whatever the recipe's
-    # allison_dir says, so a recipe without its own evaluation cannot train on them either.
+    # allison_dir sets, so a recipe without its own evaluation cannot train on them either.
     path = _recipe(tmp_path, _table("x", ["/usr/share/asterisk/sounds/en/digits/1.g722"]))
     with pytest.raises(RecipeError, match=r"includes .*1\.g722, spoken by the speaker"):
         load_recipe(path)

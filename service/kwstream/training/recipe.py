@@ -63,7 +63,7 @@ class VoiceSpec:
 class RecordingSpec:
     """Recorded speech of one speaker without any keyword: ``_unknown_`` clips of a real voice.
 
-    A recording shorter than a window is placed in a window like a synthesized word; a longer
+    A recording shorter than a window is placed in a window like a synthesized word. A longer
     one is cut into 1-s excerpts of running speech.
     """
 
@@ -548,8 +548,7 @@ def _speaker_of(folder: Path) -> str | None:
 
 
 def _evaluation_speech(allison_dir: str) -> dict[Path, str]:
-    """Map each evaluation folder (resolved) and the speaker's Asterisk folder suffix to the
-    folder name that a recipe or the default gives."""
+    """Map each evaluation folder, resolved, to its name as the recipe or the default gives it."""
     named: dict[Path, str] = {}
     for name in dict.fromkeys([allison_dir, _EVALUATION_DIR]):
         if name:
