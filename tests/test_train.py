@@ -124,6 +124,33 @@ def test_train_tiny_model_end_to_end(tmp_path: Path) -> None:
     assert student["distillation"] == 0.5
     assert [row["sha256"] for row in student["teachers"]] == [card.sha256]
 
+    # Recorded speech with a domain head: the head trains beside the classifier and stays out
+    # of the exported model, whose tensors match the plain model's.
+    import soundfile
+
+    rng = np.random.default_rng(2)
+    (tmp_path / "recorded").mkdir()
+    for index, seconds in enumerate((0.5, 0.8, 1.6, 2.4)):
+        times = np.arange(int(seconds * 16000)) / 16000
+        voiced = np.sin(2 * np.pi * (120 + 20 * index) * times) * (0.6 + 0.4 * np.sin(6 * times))
+        soundfile.write(tmp_path / "recorded" / f"prompt{index}.wav",
+                        (0.3 * voiced + rng.normal(0, 0.01, times.size)).astype(np.float32), 16000)
+    adversarial_recipe = tmp_path / "adversarial.toml"
+    adversarial_recipe.write_text(TINY_RECIPE.read_text().replace(
+        "[train]\n", "[train]\ndomain_adversarial = 1.0\n", 1)
+        + f'\n[[recordings]]\nname = "prompts"\nfiles = ["{tmp_path}/recorded/*.wav"]\n')
+    adversarial_dir = tmp_path / "adversarial"
+    assert main(["train", "--recipe", str(adversarial_recipe), "--cache", str(tmp_path / "cache"),
+                 "--out", str(adversarial_dir)]) == 0
+    adversarial = json.loads((adversarial_dir / "tiny.json").read_text())["metrics"]["training"]
+    assert adversarial["domain_adversarial"]["scale"] == 1.0
+    assert adversarial["domain_adversarial"]["recorded_windows"] > 0
+    assert len(adversarial["domain_adversarial"]["domain_loss_per_epoch"]) == 1
+    plain = Interpreter(model_path=str(model_path)).get_tensor_details()
+    with_head = Interpreter(model_path=str(adversarial_dir / "tiny.tflite")).get_tensor_details()
+    assert [tuple(d["shape"]) for d in with_head] == [tuple(d["shape"]) for d in plain]
+    assert "domain" not in " ".join(detail["name"] for detail in with_head)
+
 
 def test_recipe_rejects_unknown_engine(tmp_path: Path) -> None:
     recipe = tmp_path / "bad.toml"

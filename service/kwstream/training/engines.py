@@ -275,7 +275,7 @@ def _scheme_string(text: str) -> str:
 def _festival_script(name: str, utterances: list[Utterance], paths: list[Path],
                      base_f0: float) -> str:
     lines = [f"(voice_{name})"]
-    for utterance, path in zip(utterances, paths):
+    for utterance, path in zip(utterances, paths, strict=True):
         text = utterance.text if utterance.text.endswith(".") else utterance.text + "."
         lines.append(f"(Parameter.set 'Duration_Stretch {1.0 / utterance.speed:.3f})")
         lines.append(
@@ -305,7 +305,7 @@ def _festival(name: str, utterances: list[Utterance],
         result = subprocess.run([binary, "--batch", str(script)], capture_output=True,
                                 check=False)
         if result.returncode != 0 or not all(p.is_file() for p in paths):
-            for utterance, path in zip(utterances, paths):
+            for utterance, path in zip(utterances, paths, strict=True):
                 if path.is_file():
                     continue
                 script.write_text(_festival_script(name, [utterance], [path], base_f0))

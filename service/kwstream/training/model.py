@@ -112,6 +112,77 @@ def band_centres_mel(lower_hz: float, upper_hz: float, bands: int) -> np.ndarray
     return edges[1:-1]
 
 
+def gradient_reversal_layer() -> Any:
+    """Return a layer that passes its input forward and multiplies the gradient by -scale.
+
+    ``scale`` is a non-trainable weight, so a callback can raise it during training.
+    """
+    import keras
+    import tensorflow as tf
+
+    class GradientReversal(keras.layers.Layer):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.scale = self.add_weight(shape=(), initializer="zeros", trainable=False,
+                                         name="scale")
+
+        def call(self, inputs: Any) -> Any:
+            scale = tf.convert_to_tensor(self.scale)
+
+            @tf.custom_gradient
+            def reverse(values: Any) -> Any:
+                return tf.identity(values), lambda upstream: -scale * upstream
+
+            return reverse(inputs)
+
+    return GradientReversal(name="gradient_reversal")
+
+
+def domain_trainer(model: Any, hidden: int = 64) -> tuple[Any, Any]:
+    """Wrap ``model`` in a training model whose second head marks windows recorded or synthesized.
+
+    The head reads the features that feed the classifier through a gradient reversal layer:
+    it learns to tell the two domains apart, while the reversed gradient teaches the layers
+    below to make them alike (domain-adversarial training). ``model`` itself is unchanged,
+    shares every weight with the trainer, and is what gets exported.
+
+    Returns the trainer, whose outputs are ``{"class": ..., "domain": ...}``, and its
+    gradient reversal layer.
+    """
+    import keras
+    from keras import layers
+
+    dropout = [layer for layer in model.layers if isinstance(layer, layers.Dropout)][-1]
+    reversal = gradient_reversal_layer()
+    x = reversal(dropout.input)
+    x = layers.GlobalAveragePooling2D(name="domain_pool")(x)
+    x = layers.Dense(hidden, activation="relu", name="domain_hidden")(x)
+    domain = layers.Dense(1, activation="sigmoid", name="domain")(x)
+    return keras.Model(model.input, {"class": model.output, "domain": domain},
+                       name="domain_trainer"), reversal
+
+
+def domain_targets(real: np.ndarray, unknown: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return the domain target and weight of each training window.
+
+    Only ``_unknown_`` windows take part: recorded ones (``real``) have target 1, synthesized
+    ones target 0, and each domain gets half of the total weight, whose mean is 1 per taking
+    part window. Keywords are all synthesized, so a head that also saw them would learn to
+    tell keywords from other speech, and the reversed gradient would erase that.
+    """
+    real = np.asarray(real, dtype=bool)
+    unknown = np.asarray(unknown, dtype=bool)
+    recorded = real & unknown
+    synthesized = ~real & unknown
+    weights = np.zeros(real.size, dtype=np.float32)
+    taking_part = int(recorded.sum() + synthesized.sum())
+    if recorded.any():
+        weights[recorded] = taking_part / (2.0 * recorded.sum())
+    if synthesized.any():
+        weights[synthesized] = taking_part / (2.0 * synthesized.sum())
+    return recorded.astype(np.float32)[:, None], weights
+
+
 def class_weights(labels: np.ndarray, classes: int,
                   factors: dict[int, float] | None = None) -> dict[int, float]:
     """Compute weights that give each class the same total weight, capped at 4x.
@@ -131,11 +202,17 @@ def train_model(model: Any, train_x: np.ndarray, train_y: np.ndarray, val_x: np.
                 val_y: np.ndarray, classes: int, spec: TrainSpec, seed: int,
                 class_factors: dict[int, float] | None = None,
                 centres_mel: np.ndarray | None = None,
-                soft_targets: np.ndarray | None = None) -> dict[str, Any]:
+                soft_targets: np.ndarray | None = None,
+                domain: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
     """Train with Adam and a cosine learning-rate decay, keeping the best validation epoch.
 
     ``soft_targets`` (n, classes), the teachers' mean posterior of each training window, is
     mixed into that window's one-hot target with the weight ``spec.distillation``.
+
+    ``domain`` holds each training window's domain target and weight (:func:`domain_targets`).
+    With ``spec.domain_adversarial`` above 0, a domain head learns to tell recorded windows
+    from synthesized ones through a gradient reversal layer whose scale rises from 0 to
+    ``spec.domain_adversarial`` (see :func:`domain_trainer`).
 
     Training is deterministic on one machine and TensorFlow version: the same model, data and
     seed give the same weights.
@@ -152,13 +229,22 @@ def train_model(model: Any, train_x: np.ndarray, train_y: np.ndarray, val_x: np.
     steps = int(np.ceil(len(train_x) / spec.batch_size)) * spec.epochs
     schedule = keras.optimizers.schedules.CosineDecay(spec.learning_rate, decay_steps=steps,
                                                       alpha=0.02)
-    model.compile(
-        optimizer=keras.optimizers.Adam(schedule),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=spec.label_smoothing),
-        metrics=["accuracy"],
-    )
+    class_loss = keras.losses.CategoricalCrossentropy(label_smoothing=spec.label_smoothing)
     weights = class_weights(train_y, classes, class_factors)
     sample_weight = np.array([weights[int(y)] for y in train_y], dtype=np.float32)
+    adversarial = spec.domain_adversarial > 0.0
+    if adversarial:
+        if domain is None or not np.any(domain[0]):
+            raise ValueError("train.domain_adversarial needs recorded training windows")
+        domain_y, domain_weight = domain
+        trainer, reversal = domain_trainer(model)
+        trainer.compile(optimizer=keras.optimizers.Adam(schedule),
+                        loss={"class": class_loss, "domain": keras.losses.BinaryCrossentropy()},
+                        metrics={"class": ["accuracy"]})
+    else:
+        trainer, reversal = model, None
+        model.compile(optimizer=keras.optimizers.Adam(schedule), loss=class_loss,
+                      metrics=["accuracy"])
 
     targets = keras.utils.to_categorical(train_y, classes).astype(np.float32)
     if soft_targets is not None and spec.distillation > 0.0:
@@ -166,8 +252,13 @@ def train_model(model: Any, train_x: np.ndarray, train_y: np.ndarray, val_x: np.
             raise ValueError(f"soft targets have shape {soft_targets.shape}, the training "
                              f"targets {targets.shape}")
         targets = (1.0 - spec.distillation) * targets + spec.distillation * soft_targets
+    if adversarial:
+        slices = (train_x[..., None], {"class": targets, "domain": domain_y},
+                  {"class": sample_weight, "domain": domain_weight})
+    else:
+        slices = (train_x[..., None], targets, sample_weight)
     train_set = (
-        tf.data.Dataset.from_tensor_slices((train_x[..., None], targets, sample_weight))
+        tf.data.Dataset.from_tensor_slices(slices)
         .shuffle(min(len(train_x), 50000), seed=seed, reshuffle_each_iteration=True)
         .batch(spec.batch_size)
     )
@@ -186,16 +277,38 @@ def train_model(model: Any, train_x: np.ndarray, train_y: np.ndarray, val_x: np.
     val_set = tf.data.Dataset.from_tensor_slices(
         (val_x[..., None], keras.utils.to_categorical(val_y, classes))).batch(512)
 
+    class _Domain(keras.callbacks.Callback):
+        """Raise the reversal scale as DANN does and measure validation accuracy on ``model``.
+
+        The trainer has two outputs, so validation runs on the classifier alone here and
+        its accuracy goes into the logs under the name the other callbacks read.
+        """
+
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            progress = epoch / max(spec.epochs - 1, 1)
+            ramp = 2.0 / (1.0 + np.exp(-10.0 * progress)) - 1.0
+            reversal.scale.assign(spec.domain_adversarial * ramp)
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            if logs is None:
+                return
+            predicted = model.predict(val_x[..., None], batch_size=512, verbose=0).argmax(axis=1)
+            logs["val_accuracy"] = float(np.mean(predicted == val_y))
+            logs["accuracy"] = logs.pop("class_accuracy", float("nan"))
+            logs["domain_scale"] = float(reversal.scale.numpy())
+
     class _Timer(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
             self.started = time.monotonic()
 
         def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
             logs = logs or {}
-            log.info("epoch %d/%d: loss %.4f, accuracy %.4f, validation accuracy %.4f "
+            domain = (f", domain loss {logs['domain_loss']:.4f} at reversal scale "
+                      f"{logs['domain_scale']:.3f}" if "domain_loss" in logs else "")
+            log.info("epoch %d/%d: loss %.4f, accuracy %.4f, validation accuracy %.4f%s "
                      "(%.0f s)", epoch + 1, spec.epochs, logs.get("loss", float("nan")),
                      logs.get("accuracy", float("nan")), logs.get("val_accuracy", float("nan")),
-                     time.monotonic() - self.started)
+                     domain, time.monotonic() - self.started)
 
     class _KeepBest(keras.callbacks.Callback):
         def __init__(self) -> None:
@@ -208,13 +321,13 @@ def train_model(model: Any, train_x: np.ndarray, train_y: np.ndarray, val_x: np.
             accuracy = float((logs or {}).get("val_accuracy", -1.0))
             if accuracy > self.best_accuracy:
                 self.best_accuracy = accuracy
-                self.best_weights = self.model.get_weights()
+                self.best_weights = model.get_weights()
                 self.best_epoch = epoch
 
     keep = _KeepBest()
-    history = model.fit(train_set, validation_data=val_set, epochs=spec.epochs, verbose=0,
-                        shuffle=False,
-                        callbacks=[_Timer(), keep])
+    callbacks = [_Domain(), _Timer(), keep] if adversarial else [_Timer(), keep]
+    history = trainer.fit(train_set, validation_data=None if adversarial else val_set,
+                          epochs=spec.epochs, verbose=0, shuffle=False, callbacks=callbacks)
     if keep.best_weights is not None:
         model.set_weights(keep.best_weights)
     log.info("kept the weights of epoch %d (validation accuracy %.4f)", keep.best_epoch + 1,

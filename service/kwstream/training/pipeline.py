@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 
 from kwstream.errors import RecipeError, SynthesisError
-from kwstream.modelcard import ModelCard, SmootherSettings, file_sha256
+from kwstream.modelcard import UNKNOWN_LABEL, ModelCard, SmootherSettings, file_sha256
 from kwstream.training import corpus, dataset, evaluate, export, report, smoothing, teachers
 from kwstream.training.engines import check_voice
-from kwstream.training.recipe import SPLITS, Recipe
+from kwstream.training.recipe import RECORDING_PREFIX, SPLITS, Recipe
 
 log = logging.getLogger(__name__)
 
@@ -226,16 +226,37 @@ def _train_or_reuse(recipe: Recipe, data: dict[str, dataset.SplitData], cache_di
     if recipe.train.teachers:
         soft_targets = teachers.mean_posteriors(recipe, data["train"].features,
                                                 data["train"].labels)
+    domain = None
+    if recipe.train.domain_adversarial > 0.0:
+        train = data["train"]
+        real = np.array([voice.startswith(RECORDING_PREFIX) for voice in train.voices])
+        domain = model_module.domain_targets(real,
+                                             train.labels == recipe.labels.index(UNKNOWN_LABEL))
+        log.info("domain-adversarial training: %d recorded and %d synthesized _unknown_ "
+                 "windows, reversal scale up to %g", int(domain[0].sum()),
+                 int(np.count_nonzero(domain[1]) - domain[0].sum()),
+                 recipe.train.domain_adversarial)
     fit = model_module.train_model(keras_model, data["train"].features, data["train"].labels,
                                    data["validation"].features, data["validation"].labels,
                                    classes, recipe.train, training_seed, class_factors,
                                    model_module.band_centres_mel(recipe.frontend.lower_hz,
                                                                  recipe.frontend.upper_hz,
                                                                  recipe.frontend.num_bands),
-                                   soft_targets)
+                                   soft_targets, domain)
     if teacher_files:
         fit["teachers"] = teacher_files
         fit["distillation"] = recipe.train.distillation
+    if domain is not None:
+        fit["domain_adversarial"] = {
+            "scale": recipe.train.domain_adversarial,
+            "recorded_windows": int(domain[0].sum()),
+            # Keras averages the weighted loss over every window of a batch, and only the
+            # _unknown_ windows take part, so a head that cannot tell the domains apart
+            # scores ln 2 times their share.
+            "domain_loss_at_chance": round(
+                float(np.log(2.0) * np.count_nonzero(domain[1]) / len(domain[1])), 4),
+            "domain_loss_per_epoch": [round(v, 4) for v in fit["history"].get("domain_loss", [])],
+        }
     fit["train_seconds"] = round(time.monotonic() - started, 1)
     temporary = saved.with_name(f".{saved.stem}.tmp.keras")
     keras_model.save(temporary)
@@ -292,6 +313,8 @@ def evaluate_model(recipe: Recipe, model_path: Path, keras_model: Any,
     if "teachers" in fit:
         metrics["training"]["teachers"] = fit["teachers"]
         metrics["training"]["distillation"] = fit["distillation"]
+    if "domain_adversarial" in fit:
+        metrics["training"]["domain_adversarial"] = fit["domain_adversarial"]
 
     stream = smoothing.validation_stream(model_path, recipe.frontend, validation_words,
                                          recipe.seed, spec.stream_words)

@@ -59,6 +59,10 @@ class VoiceSpec:
         return f"{self.engine}:{self.name}"
 
 
+RECORDING_PREFIX = "recording:"
+"""Start of the voice key of every window cut from a [[recordings]] table."""
+
+
 @dataclass(frozen=True)
 class RecordingSpec:
     """Recorded speech of one speaker without any keyword: ``_unknown_`` clips of a real voice.
@@ -76,7 +80,7 @@ class RecordingSpec:
 
     @property
     def key(self) -> str:
-        return f"recording:{self.name}"
+        return f"{RECORDING_PREFIX}{self.name}"
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,9 @@ class TrainSpec:
     window is mixed into that window's target (knowledge distillation)."""
     distillation: float = 0.0
     """Weight of the teachers' mean posterior in each target; the one-hot label gets the rest."""
+    domain_adversarial: float = 0.0
+    """Largest scale of the reversed gradient from a head that tells recorded ``_unknown_``
+    windows from synthesized ones (domain-adversarial training); 0 trains no such head."""
 
 
 @dataclass(frozen=True)
@@ -403,6 +410,7 @@ def parse_recipe(data: dict[str, Any], path: Path, content: str = "") -> Recipe:
         teachers=tuple(Path(os.path.normpath(path.parent / teacher))
                        for teacher in train_section.strings("teachers", ())),
         distillation=train_section.number("distillation", 0.0, 0.0, 1.0),
+        domain_adversarial=train_section.number("domain_adversarial", 0.0, 0.0, 10.0),
     )
     train_section.check_unknown()
     if train.teachers and train.distillation == 0.0:
@@ -433,6 +441,10 @@ def parse_recipe(data: dict[str, Any], path: Path, content: str = "") -> Recipe:
     evaluation_section.check_unknown()
     recordings = _parse_recordings(root, path, labels, evaluation.allison_dir)
     root.check_unknown()
+    if train.domain_adversarial > 0.0 and not [r for r in recordings if r.split == "train"]:
+        raise RecipeError(f"{path}: train.domain_adversarial is {train.domain_adversarial} but "
+                          f"no [[recordings]] table is in the train split; the domain head "
+                          f"needs recorded speech to tell from synthesized speech")
 
     for split in ("train", "validation"):
         if not [v for v in voices if v.split == split]:
