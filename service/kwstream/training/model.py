@@ -252,6 +252,7 @@ def train_model(model: Any, train_x: np.ndarray, train_y: np.ndarray, val_x: np.
             raise ValueError(f"soft targets have shape {soft_targets.shape}, the training "
                              f"targets {targets.shape}")
         targets = (1.0 - spec.distillation) * targets + spec.distillation * soft_targets
+    slices: tuple[Any, ...]
     if adversarial:
         slices = (train_x[..., None], {"class": targets, "domain": domain_y},
                   {"class": sample_weight, "domain": domain_weight})

@@ -100,8 +100,9 @@ def run(recipe: Recipe, cache_dir: Path, out_dir: Path, processes: int | None = 
         data = {
             "train": dataset.build_split(
                 recipe, "train", items["train"], ambient, recipe.augment.copies, True,
-                processes, {voice.key: voice.copies
-                            for voice in (*recipe.voices, *recipe.recordings) if voice.copies}),
+                processes, {**{voice.key: voice.copies for voice in recipe.voices if voice.copies},
+                            **{spec.key: spec.copies for spec in recipe.recordings
+                               if spec.copies}}),
             "validation": dataset.build_split(recipe, "validation", items["validation"],
                                               ambient, 1, False, processes),
             "test": dataset.build_split(recipe, "test", items["test"], ambient, 1, False,
