@@ -48,6 +48,9 @@ def test_domain_targets_weigh_the_two_domains_alike() -> None:
     ("", "11", r"train\.domain_adversarial must be in \[0\.0, 10\.0\], got 11"),
     ("", "-1", r"train\.domain_adversarial must be in \[0\.0, 10\.0\], got -1"),
     ("", '"1"', r"train\.domain_adversarial must be a number, got '1'"),
+    ('[[recordings]]\nname = "r"\nfiles = ["{wav}"]\n', "1.0",
+     r"train\.domain_adversarial is 1\.0 but train\.epochs is 1; the reversal scale is 0 in "
+     r"the first epoch"),
 ])
 def test_recipe_rejects_bad_domain_adversarial(tmp_path: Path, tables: str, value: str,
                                                message: str) -> None:
@@ -55,8 +58,10 @@ def test_recipe_rejects_bad_domain_adversarial(tmp_path: Path, tables: str, valu
 
     wav = tmp_path / "word.wav"
     soundfile.write(wav, np.sin(np.arange(8000) * 0.1).astype(np.float32) * 0.3, 16000)
-    text = TINY_RECIPE.read_text().replace("[train]\n", f"[train]\ndomain_adversarial = {value}\n",
-                                           1)
+    # The tiny recipe trains one epoch; every case but the last gives the head two.
+    epochs = 1 if "epochs" in message else 2
+    text = TINY_RECIPE.read_text().replace(
+        "[train]\nepochs = 1\n", f"[train]\nepochs = {epochs}\ndomain_adversarial = {value}\n", 1)
     path = tmp_path / "bad.toml"
     path.write_text(text + "\n" + tables.format(wav=wav))
     with pytest.raises(RecipeError, match=message):

@@ -179,12 +179,18 @@ def test_near_silent_recordings_are_left_out(tmp_path: Path) -> None:
     assert [item.kind for item in items] == [KIND_CLIP]
 
 
-def test_model_cache_key_covers_recorded_files(tmp_path: Path) -> None:
+def test_model_cache_key_covers_recorded_files(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
     from kwstream.training.pipeline import _recording_digests
 
     wav = _write(tmp_path / "word.wav", _speech_like(0.5))
     recipe = load_recipe(_recipe(tmp_path, _table("x", [str(wav)])))
     before = _recording_digests(recipe)
+    # The recipe's path typed relative to the working directory gives the same key.
+    monkeypatch.chdir(tmp_path.parent)
+    relative = load_recipe(_recipe(tmp_path, _table("x", ["word.wav"])).relative_to(
+        tmp_path.parent))
+    assert _recording_digests(relative) == before
     _write(wav, _speech_like(0.5, seed=9))
     assert _recording_digests(recipe) != before
     assert len(before) == 1

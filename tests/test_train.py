@@ -137,7 +137,7 @@ def test_train_tiny_model_end_to_end(tmp_path: Path) -> None:
                         (0.3 * voiced + rng.normal(0, 0.01, times.size)).astype(np.float32), 16000)
     adversarial_recipe = tmp_path / "adversarial.toml"
     adversarial_recipe.write_text(TINY_RECIPE.read_text().replace(
-        "[train]\n", "[train]\ndomain_adversarial = 1.0\n", 1)
+        "[train]\nepochs = 1\n", "[train]\nepochs = 2\ndomain_adversarial = 1.0\n", 1)
         + f'\n[[recordings]]\nname = "prompts"\nfiles = ["{tmp_path}/recorded/*.wav"]\n')
     adversarial_dir = tmp_path / "adversarial"
     assert main(["train", "--recipe", str(adversarial_recipe), "--cache", str(tmp_path / "cache"),
@@ -145,7 +145,12 @@ def test_train_tiny_model_end_to_end(tmp_path: Path) -> None:
     adversarial = json.loads((adversarial_dir / "tiny.json").read_text())["metrics"]["training"]
     assert adversarial["domain_adversarial"]["scale"] == 1.0
     assert adversarial["domain_adversarial"]["recorded_windows"] > 0
-    assert len(adversarial["domain_adversarial"]["domain_loss_per_epoch"]) == 1
+    domain = adversarial["domain_adversarial"]
+    assert len(domain["domain_loss_per_epoch"]) == 2
+    assert domain["scale_per_epoch"] == [0.0, 1.0]
+    assert domain["kept_epoch_scale"] == domain["scale_per_epoch"][adversarial["best_epoch"] - 1]
+    assert 0.0 < domain["domain_loss_at_chance"] < np.log(2.0)
+    assert "Trained with a domain head" in (adversarial_dir / "tiny.md").read_text()
     plain = Interpreter(model_path=str(model_path)).get_tensor_details()
     with_head = Interpreter(model_path=str(adversarial_dir / "tiny.tflite")).get_tensor_details()
     assert [tuple(d["shape"]) for d in with_head] == [tuple(d["shape"]) for d in plain]

@@ -174,7 +174,8 @@ def run(recipe: Recipe, cache_dir: Path, out_dir: Path, processes: int | None = 
 
 def _recording_digests(recipe: Recipe) -> list[str]:
     """Return one line per recorded file: its recording, split, path and sha256."""
-    return [f"{spec.name} {spec.split} {name} {file_sha256(Path(name))}"
+    # Absolute paths, so that the key does not depend on how the recipe's path was typed.
+    return [f"{spec.name} {spec.split} {os.path.abspath(name)} {file_sha256(Path(name))}"
             for spec in recipe.recordings for name in spec.files]
 
 
@@ -257,7 +258,11 @@ def _train_or_reuse(recipe: Recipe, data: dict[str, dataset.SplitData], cache_di
             "domain_loss_at_chance": round(
                 float(np.log(2.0) * np.count_nonzero(domain[1]) / len(domain[1])), 4),
             "domain_loss_per_epoch": [round(v, 4) for v in fit["history"].get("domain_loss", [])],
+            "scale_per_epoch": [round(v, 4) for v in fit["history"].get("domain_scale", [])],
         }
+        scales = fit["domain_adversarial"]["scale_per_epoch"]
+        if scales and fit["best_epoch"] >= 1:
+            fit["domain_adversarial"]["kept_epoch_scale"] = scales[fit["best_epoch"] - 1]
     fit["train_seconds"] = round(time.monotonic() - started, 1)
     temporary = saved.with_name(f".{saved.stem}.tmp.keras")
     keras_model.save(temporary)

@@ -153,7 +153,7 @@ class TrainSpec:
     distillation: float = 0.0
     """Weight of the teachers' mean posterior in each target; the one-hot label gets the rest."""
     domain_adversarial: float = 0.0
-    """Largest scale of the reversed gradient from a head that tells recorded ``_unknown_``
+    """Largest scale of the reversed gradient from a head that separates recorded ``_unknown_``
     windows from synthesized ones (domain-adversarial training); 0 trains no such head."""
 
 
@@ -441,6 +441,10 @@ def parse_recipe(data: dict[str, Any], path: Path, content: str = "") -> Recipe:
     evaluation_section.check_unknown()
     recordings = _parse_recordings(root, path, labels, evaluation.allison_dir)
     root.check_unknown()
+    if train.domain_adversarial > 0.0 and train.epochs < 2:
+        raise RecipeError(f"{path}: train.domain_adversarial is {train.domain_adversarial} but "
+                          f"train.epochs is {train.epochs}; the reversal scale is 0 in the "
+                          f"first epoch, so the head needs at least 2 epochs to act")
     if train.domain_adversarial > 0.0 and not [r for r in recordings if r.split == "train"]:
         raise RecipeError(f"{path}: train.domain_adversarial is {train.domain_adversarial} but "
                           f"no [[recordings]] table is in the train split; the domain head "
