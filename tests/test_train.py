@@ -147,7 +147,8 @@ def test_train_tiny_model_end_to_end(tmp_path: Path) -> None:
     assert adversarial["domain_adversarial"]["recorded_windows"] > 0
     domain = adversarial["domain_adversarial"]
     assert len(domain["domain_loss_per_epoch"]) == 2
-    assert domain["scale_per_epoch"] == [0.0, 1.0]
+    # DANN's schedule reaches 2 / (1 + exp(-10)) - 1 = 0.99991 of the scale in the last epoch.
+    assert domain["scale_per_epoch"] == [0.0, 0.9999]
     assert domain["kept_epoch_scale"] == domain["scale_per_epoch"][adversarial["best_epoch"] - 1]
     assert 0.0 < domain["domain_loss_at_chance"] < np.log(2.0)
     assert "Trained with a domain head" in (adversarial_dir / "tiny.md").read_text()
