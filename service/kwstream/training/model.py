@@ -305,9 +305,10 @@ def train_model(model: Any, train_x: np.ndarray, train_y: np.ndarray, val_x: np.
         def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
             logs = logs or {}
             # With the domain head, "loss" adds the head's loss; the classifier's own is
-            # "class_loss".
+            # "class_loss", which Keras averages over batches without weighing a short last
+            # batch less.
             domain = (f", domain loss {logs['domain_loss']:.4f} at reversal scale "
-                      f"{logs['domain_scale']:.3f}" if "domain_loss" in logs else "")
+                      f"{logs['domain_scale']:.4f}" if "domain_loss" in logs else "")
             log.info("epoch %d/%d: loss %.4f, accuracy %.4f, validation accuracy %.4f%s "
                      "(%.0f s)", epoch + 1, spec.epochs,
                      logs.get("class_loss", logs.get("loss", float("nan"))),

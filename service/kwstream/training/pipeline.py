@@ -263,6 +263,9 @@ def _train_or_reuse(recipe: Recipe, data: dict[str, dataset.SplitData], cache_di
         scales = fit["domain_adversarial"]["scale_per_epoch"]
         if scales and fit["best_epoch"] >= 1:
             fit["domain_adversarial"]["kept_epoch_scale"] = scales[fit["best_epoch"] - 1]
+            if scales[fit["best_epoch"] - 1] == 0.0:
+                log.warning("the kept epoch %d ran at reversal scale 0, so the domain head had "
+                            "no effect on the exported model", fit["best_epoch"])
     fit["train_seconds"] = round(time.monotonic() - started, 1)
     temporary = saved.with_name(f".{saved.stem}.tmp.keras")
     keras_model.save(temporary)
