@@ -26,7 +26,7 @@ needs_tensorflow = pytest.mark.skipif(not _tensorflow_available(),
                                       reason="needs the train extra (TensorFlow)")
 
 
-def test_domain_targets_weigh_the_two_domains_alike() -> None:
+def test_domain_targets_balance_domains() -> None:
     real = np.array([1, 1, 0, 0, 0, 0, 0, 0], dtype=bool)
     unknown = np.array([1, 1, 1, 1, 1, 1, 0, 0], dtype=bool)
     targets, weights = domain_targets(real, unknown)
@@ -58,7 +58,7 @@ def test_recipe_rejects_bad_domain_adversarial(tmp_path: Path, tables: str, valu
 
     wav = tmp_path / "word.wav"
     soundfile.write(wav, np.sin(np.arange(8000) * 0.1).astype(np.float32) * 0.3, 16000)
-    # The tiny recipe trains one epoch; every case but the last gives the head two.
+    # The tiny recipe trains one epoch, so every case but the epochs case gives the head two.
     epochs = 1 if "epochs" in message else 2
     text = TINY_RECIPE.read_text().replace(
         "[train]\nepochs = 1\n", f"[train]\nepochs = {epochs}\ndomain_adversarial = {value}\n", 1)
@@ -73,7 +73,7 @@ def test_domain_adversarial_defaults_to_off() -> None:
 
 
 @needs_tensorflow
-def test_gradient_reversal_flips_and_scales_the_gradient() -> None:
+def test_gradient_reversal_scales_gradient() -> None:
     import tensorflow as tf
 
     from kwstream.training.model import gradient_reversal_layer
@@ -93,7 +93,7 @@ def test_gradient_reversal_flips_and_scales_the_gradient() -> None:
 
 @needs_tensorflow
 @pytest.mark.filterwarnings("ignore::UserWarning")
-def test_train_model_needs_recorded_windows() -> None:
+def test_train_needs_recorded_windows() -> None:
     from kwstream.training.model import build_model, train_model
     from kwstream.training.recipe import ArchitectureSpec, TrainSpec
 
@@ -110,7 +110,7 @@ def test_train_model_needs_recorded_windows() -> None:
 
 @needs_tensorflow
 @pytest.mark.filterwarnings("ignore::UserWarning")
-def test_domain_head_removes_the_recorded_voice_cue() -> None:
+def test_domain_head_removes_voice_cue() -> None:
     """Recorded windows are all class 0 and carry a cue that no synthesized window has.
 
     Without the domain head the model learns that the cue means class 0, so keywords that

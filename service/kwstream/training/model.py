@@ -166,8 +166,8 @@ def domain_targets(real: np.ndarray, unknown: np.ndarray) -> tuple[np.ndarray, n
     """Return the domain target and weight of each training window.
 
     Only ``_unknown_`` windows take part: recorded ones (``real``) have target 1, synthesized
-    ones target 0, and each domain gets half of the total weight, whose mean is 1 per taking
-    part window. Keywords are all synthesized, so a head that also saw them would learn to
+    ones target 0, and each domain gets half of the total weight, whose mean is 1 over the
+    windows that take part. Keywords are all synthesized, so a head that also saw them would learn to
     tell keywords from other speech, and the reversed gradient would erase that.
     """
     real = np.asarray(real, dtype=bool)
@@ -235,7 +235,8 @@ def train_model(model: Any, train_x: np.ndarray, train_y: np.ndarray, val_x: np.
     adversarial = spec.domain_adversarial > 0.0
     if adversarial:
         if domain is None or not np.any(domain[0]):
-            raise ValueError("train.domain_adversarial needs recorded training windows")
+            raise ValueError("train.domain_adversarial needs recorded training windows; add "
+                             "a [[recordings]] table in the train split")
         domain_y, domain_weight = domain
         trainer, reversal = domain_trainer(model)
         trainer.compile(optimizer=keras.optimizers.Adam(schedule),
@@ -304,9 +305,9 @@ def train_model(model: Any, train_x: np.ndarray, train_y: np.ndarray, val_x: np.
 
         def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
             logs = logs or {}
-            # With the domain head, "loss" adds the head's loss; the classifier's own is
-            # "class_loss", which Keras averages over batches without weighing a short last
-            # batch less.
+            # With the domain head, "loss" includes the head's loss, so the classifier's own
+            # "class_loss" is logged. Keras averages it over batches without weighing a short
+            # last batch less.
             domain = (f", domain loss {logs['domain_loss']:.4f} at reversal scale "
                       f"{logs['domain_scale']:.4f}" if "domain_loss" in logs else "")
             log.info("epoch %d/%d: loss %.4f, accuracy %.4f, validation accuracy %.4f%s "

@@ -60,7 +60,7 @@ class VoiceSpec:
 
 
 RECORDING_PREFIX = "recording:"
-"""Start of the voice key of every window cut from a [[recordings]] table."""
+"""Prefix of the voice key of every window cut from a [[recordings]] table."""
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,7 @@ class TrainSpec:
     """Weight of the teachers' mean posterior in each target; the one-hot label gets the rest."""
     domain_adversarial: float = 0.0
     """Largest scale of the reversed gradient from a head that separates recorded ``_unknown_``
-    windows from synthesized ones (domain-adversarial training); 0 trains no such head."""
+    windows from synthesized ones (domain-adversarial training). With 0, no head is trained."""
 
 
 @dataclass(frozen=True)

@@ -155,21 +155,22 @@ def _measurements(card: ModelCard) -> list[str]:
             lines.append(f"{jobs['cached']} of the {jobs['total']} synthesis jobs came from the "
                          f"speech cache, so their synthesis time is not part of this run's time.")
         training = metrics.get("training", {})
-        domain = training.get("domain_adversarial")
-        if domain:
-            losses = domain.get("domain_loss_per_epoch") or [None]
-            lines.append(
-                f"Trained with a domain head (domain-adversarial training, largest reversal "
-                f"scale {domain.get('scale')}) on {domain.get('recorded_windows')} recorded "
-                f"`_unknown_` windows; the kept epoch ran at scale "
-                f"{domain.get('kept_epoch_scale', 'n/a')}. The head's loss in the last epoch "
-                f"was {losses[-1]}, and {domain.get('domain_loss_at_chance')} if it cannot tell "
-                f"recorded from synthesized windows.")
         if training.get("reused_model"):
             trained = training.get("train_seconds")
             earlier = f" (trained there in {trained} s)" if trained is not None else ""
             lines.append(f"The Keras model came from the cache of an earlier run of the same "
                          f"recipe{earlier}, so its training time is not part of this run's time.")
+
+    domain = metrics.get("training", {}).get("domain_adversarial")
+    if domain:
+        losses = domain.get("domain_loss_per_epoch") or ["n/a"]
+        lines += ["", (
+            f"Trained with a domain head (domain-adversarial training, largest reversal scale "
+            f"{domain.get('scale')}) on {domain.get('recorded_windows')} recorded `_unknown_` "
+            f"windows. The kept epoch ran at scale {domain.get('kept_epoch_scale', 'n/a')}. "
+            f"The head's loss in the last epoch was {losses[-1]}, against "
+            f"{domain.get('domain_loss_at_chance', 'n/a')} for a head that cannot tell recorded "
+            f"from synthesized windows.")]
     return lines
 
 
