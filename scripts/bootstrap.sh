@@ -22,7 +22,8 @@ APT_PACKAGES=(
 # Afrikaans, Greek, Hungarian, Polish, Romanian and Swedish voices that read English with an
 # accent (all spoken through espeak-ng). festival adds British diphone voices and front ends
 # for mbrola's English voices. The Asterisk packages are recorded French, Italian and Russian
-# prompts: real speech without English keywords.
+# prompts: real speech without English keywords. klettres-data and ktuberling-data hold real
+# speakers saying letter names (English and sixteen other languages) and English words.
 VOICE_PACKAGES=(mbrola mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1 mbrola-de1 mbrola-de2
                 mbrola-de3 mbrola-de4 mbrola-de5 mbrola-de6 mbrola-fr1 mbrola-fr4 mbrola-nl2
                 mbrola-af1 mbrola-gr2 mbrola-hu1 mbrola-pl1 mbrola-ro1 mbrola-sw1 mbrola-sw2
@@ -30,6 +31,7 @@ VOICE_PACKAGES=(mbrola mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1 mbrola-de1 mb
                 libttspico-utils
                 asterisk-core-sounds-fr-g722 asterisk-core-sounds-it-g722
                 asterisk-core-sounds-ru-g722 asterisk-prompt-fr-armelle
+                klettres-data ktuberling-data
 )
 NONFREE_SOURCES=/etc/apt/sources.list.d/kwstream-contrib-non-free.sources
 # NOTE: the sources file is written for Debian and was run only on bookworm. Raspberry Pi OS

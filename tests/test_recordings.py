@@ -213,11 +213,13 @@ def test_undecodable_g722_recording_is_named(tmp_path: Path) -> None:
         recording_items(recipe.recordings[0], label=1, processes=1)
 
 
-# The Debian package of each Asterisk prompt folder that a committed recipe records from.
-RECORDING_PACKAGES = {"fr_CA_f_June": "asterisk-core-sounds-fr-g722",
-                      "it_IT_m_Carlo": "asterisk-core-sounds-it-g722",
-                      "ru_RU_f_IvrvoiceRU": "asterisk-core-sounds-ru-g722",
-                      "fr": "asterisk-prompt-fr-armelle"}
+# The Debian package of each folder that a committed recipe records from.
+RECORDING_PACKAGES = {"/usr/share/asterisk/sounds/fr_CA_f_June/": "asterisk-core-sounds-fr-g722",
+                      "/usr/share/asterisk/sounds/it_IT_m_Carlo/": "asterisk-core-sounds-it-g722",
+                      "/usr/share/asterisk/sounds/ru_RU_f_IvrvoiceRU/": "asterisk-core-sounds-ru-g722",
+                      "/usr/share/asterisk/sounds/fr/": "asterisk-prompt-fr-armelle",
+                      "/usr/share/klettres/": "klettres-data",
+                      "/usr/share/ktuberling/": "ktuberling-data"}
 
 
 @pytest.mark.parametrize("recipe_path", sorted((ROOT / "models" / "recipes").glob("*.toml")),
@@ -227,14 +229,14 @@ def test_bootstrap_installs_recipe_recordings(recipe_path: Path) -> None:
 
     script = (ROOT / "scripts" / "bootstrap.sh").read_text()
     tables = tomllib.loads(recipe_path.read_text()).get("recordings", [])
-    folders = set()
+    packages = set()
     for pattern in (pattern for table in tables for pattern in table["files"]):
-        match = re.match(r"/usr/share/asterisk/sounds/([^/]+)/", pattern)
-        assert match, f"{recipe_path.name}: {pattern} is not an Asterisk prompt folder"
-        folders.add(match.group(1))
-    unknown = folders - RECORDING_PACKAGES.keys()
-    assert not unknown, f"add the Debian package of {sorted(unknown)} to RECORDING_PACKAGES"
-    missing = {RECORDING_PACKAGES[folder] for folder in folders} - set(script.split())
+        owners = [package for folder, package in RECORDING_PACKAGES.items()
+                  if pattern.startswith(folder)]
+        assert owners, (f"{recipe_path.name}: add the Debian package that holds {pattern} "
+                        "to RECORDING_PACKAGES")
+        packages.update(owners)
+    missing = packages - set(script.split())
     assert not missing, f"bootstrap.sh lacks {sorted(missing)}"
 
 
